@@ -1,0 +1,208 @@
+"""The one owner of hook registration.
+
+A ``HookSession`` registers hooks once and keeps them inert until ``active()``; inside ``active()``
+they run and may use ``scratch``, a per-call dict that is emptied when the call ends, successful or
+not. Nothing is ever stored on user modules or tensors: hook closures hold a weak reference to the
+session, and per-call values live in ``scratch`` or in autograd nodes that die with the graph.
+
+A method that needs hooks describes them once (``install(session)``); a one-off call registers,
+activates and removes them; a reusable session (``reusable()``, for servers) keeps them registered
+between calls so a request pays no registration cost.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class GradRecord:
+    """What a gradient rule sees for one call of a module."""
+
+    __slots__ = ("module", "inputs", "outputs", "grad_output")
+
+    def __init__(self, module: nn.Module, inputs: Tensor):
+        self.module = module
+        self.inputs = inputs
+        self.outputs: Optional[Tensor] = None
+        self.grad_output: Optional[Tensor] = None
+
+
+class _InputTap(torch.autograd.Function):
+    """Identity (a fresh copy, safe for in-place modules) whose backward applies a gradient rule."""
+
+    @staticmethod
+    def forward(ctx, x, record, rule):  # type: ignore[override]
+        ctx.record, ctx.rule = record, rule
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        record, rule = ctx.record, ctx.rule
+        if record.grad_output is None:  # the module's output did not reach the explained score
+            return grad, None, None
+        return rule(record, grad), None, None
+
+
+class _OutputTap(torch.autograd.Function):
+    """Identity whose backward records the gradient arriving at a module's output."""
+
+    @staticmethod
+    def forward(ctx, y, record):  # type: ignore[override]
+        ctx.record = record
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        ctx.record.grad_output = grad
+        return grad, None
+
+
+GradRule = Callable[[GradRecord, Tensor], Tensor]
+
+
+class HookSession:
+    """Registered hooks plus per-call scratch; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._handles: List[Any] = []
+        self._active = False
+        self._lock = threading.RLock()
+        self.scratch: Dict[Any, Any] = {}
+
+    # -- registration ---------------------------------------------------------------------------
+    def _guard(self, fn: Callable) -> Callable:
+        ref = weakref.ref(self)
+
+        def hook(*args, **kwargs):
+            session = ref()
+            if session is None or not session._active:
+                return None
+            return fn(session.scratch, *args, **kwargs)
+
+        return hook
+
+    def forward_hook(self, module: nn.Module, fn: Callable) -> None:
+        """``fn(scratch, module, inputs, output)``; a non-None return replaces the output."""
+        self._handles.append(module.register_forward_hook(self._guard(fn)))
+
+    def forward_pre_hook(self, module: nn.Module, fn: Callable) -> None:
+        """``fn(scratch, module, inputs)``; a non-None return replaces the inputs."""
+        self._handles.append(module.register_forward_pre_hook(self._guard(fn)))
+
+    def override_gradient(self, module: nn.Module, rule: GradRule) -> None:
+        """Replace the gradient from ``module``'s output to its first input by ``rule(record, grad)``.
+
+        ``grad`` is the module's true input gradient; ``record`` holds the detached input and output
+        of that call and the gradient at its output. Works for modules called several times per
+        forward and for in-place modules.
+        """
+        stack_key = ("override", id(module))
+
+        def pre(scratch, mod, args):
+            if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad:
+                scratch.setdefault(stack_key, []).append(None)
+                return None
+            record = GradRecord(mod, args[0].detach())
+            scratch.setdefault(stack_key, []).append(record)
+            return (_InputTap.apply(args[0], record, rule), *args[1:])
+
+        def post(scratch, mod, args, output):
+            record = scratch[stack_key].pop()
+            if record is None or not isinstance(output, Tensor):
+                return None
+            record.outputs = output.detach()
+            return _OutputTap.apply(output, record)
+
+        self.forward_pre_hook(module, pre)
+        self.forward_hook(module, post)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def registered(self) -> int:
+        return len(self._handles)
+
+    @contextmanager
+    def active(self) -> Iterator[Dict[Any, Any]]:
+        """Run the hooks for one call; scratch is cleared on the way out, whatever happens."""
+        with self._lock:
+            self._active = True
+            try:
+                yield self.scratch
+            finally:
+                self._active = False
+                self.scratch.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.scratch.clear()
+
+    def __enter__(self) -> "HookSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __del__(self) -> None:  # a forgotten session must not leave hooks on user modules
+        try:
+            self.remove()
+        except Exception:
+            pass
+
+
+class HookedMethod:
+    """Mixin for attribution methods that need hooks.
+
+    Subclasses implement ``_install_hooks(session)``. ``_hooks()`` gives the scratch of an active
+    session for one call: the reusable one when ``reusable()`` was called, else a temporary one
+    that is removed when the call ends.
+    """
+
+    _hook_session: Optional[HookSession] = None
+
+    def _install_hooks(self, session: HookSession) -> None:
+        raise NotImplementedError
+
+    def reusable(self) -> "HookedMethod":
+        """Register this method's hooks once and keep them (inactive) until ``close()``."""
+        if self._hook_session is None:
+            session = HookSession()
+            try:
+                self._install_hooks(session)
+            except BaseException:
+                session.remove()
+                raise
+            self._hook_session = session
+        return self
+
+    def close(self) -> None:
+        """Remove hooks registered by ``reusable()``."""
+        if self._hook_session is not None:
+            self._hook_session.remove()
+            self._hook_session = None
+
+    def __enter__(self):
+        return self.reusable()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _hooks(self) -> Iterator[Dict[Any, Any]]:
+        if self._hook_session is not None:
+            with self._hook_session.active() as scratch:
+                yield scratch
+            return
+        session = HookSession()
+        try:
+            self._install_hooks(session)
+            with session.active() as scratch:
+                yield scratch
+        finally:
+            session.remove()

@@ -1,0 +1,124 @@
+"""Captum's input conventions in one place.
+
+A tensor in gives a tensor out and a tuple in gives a tuple out; baselines may be scalars, tensors
+shaped like one example or like the batch; ``additional_forward_args`` are appended to the inputs
+of every forward, and expanded alongside the inputs when the batch is replicated.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .targets import TargetType, select_targets
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+BaselineType = Union[None, Tensor, int, float, Tuple[Union[Tensor, int, float], ...]]
+
+
+def as_tuple(inputs: Any) -> Tuple[Any, ...]:
+    if inputs is None:
+        return None  # type: ignore[return-value]
+    if isinstance(inputs, tuple):
+        return inputs
+    if isinstance(inputs, list) and inputs and all(isinstance(t, Tensor) for t in inputs):
+        return tuple(inputs)
+    return (inputs,)
+
+
+def is_tuple(inputs: Any) -> bool:
+    return isinstance(inputs, tuple)
+
+
+def format_output(was_tuple: bool, output: Tuple[Any, ...]) -> Any:
+    """Undo ``as_tuple``: a single tensor in gives a single tensor out."""
+    if was_tuple:
+        return tuple(output)
+    if len(output) != 1:
+        raise ValueError(f"expected one output for a non-tuple input, got {len(output)}")
+    return output[0]
+
+
+def format_args(additional_forward_args: Any) -> Optional[Tuple[Any, ...]]:
+    if additional_forward_args is None:
+        return None
+    return additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+
+
+def expand_args(args: Optional[Tuple[Any, ...]], n: int, interleave: bool = False) -> Optional[Tuple[Any, ...]]:
+    """Additional args for a batch made of ``n`` copies (see ``targets.expand_target``)."""
+    if args is None or n == 1:
+        return args
+
+    def expand(a):
+        if not isinstance(a, Tensor) or a.dim() == 0:
+            return a
+        return a.repeat_interleave(n, dim=0) if interleave else torch.cat([a] * n, dim=0)
+
+    return tuple(expand(a) for a in args)
+
+
+def take_args(args: Optional[Tuple[Any, ...]], index) -> Optional[Tuple[Any, ...]]:
+    """Additional args of a subset of examples (tensors with a batch axis are indexed)."""
+    if args is None:
+        return None
+    return tuple(a[index] if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
+
+
+def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tuple[Union[Tensor, int, float], ...]:
+    """Baselines as a tuple matching ``inputs``; None means zeros."""
+    if baselines is None:
+        return tuple(0 for _ in inputs)
+    baselines = baselines if isinstance(baselines, tuple) else (baselines,)
+    if len(baselines) != len(inputs):
+        raise ValueError(f"got {len(baselines)} baselines for {len(inputs)} inputs")
+    for b, x in zip(baselines, inputs):
+        if isinstance(b, Tensor) and b.dim() > 0:
+            if b.shape[1:] != x.shape[1:] and b.shape != x.shape[1:]:
+                raise ValueError(
+                    f"baseline of shape {tuple(b.shape)} does not match input of shape {tuple(x.shape)}"
+                )
+            if b.shape[1:] == x.shape[1:] and b.shape[0] not in (1, x.shape[0]):
+                raise ValueError(
+                    f"baseline batch size {b.shape[0]} must be 1 or the input's batch size {x.shape[0]}"
+                )
+    return baselines
+
+
+def tensorize_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """Baselines as tensors with the inputs' full shape (scalars filled, batch-1 broadcast)."""
+    out = []
+    for b, x in zip(baselines, inputs):
+        if not isinstance(b, Tensor):
+            out.append(torch.full_like(x, b))
+            continue
+        b = b.to(device=x.device, dtype=x.dtype) if b.dtype != x.dtype or b.device != x.device else b
+        if b.dim() == 0 or b.shape == x.shape[1:]:
+            b = b.expand_as(x) if b.dim() == 0 else b.unsqueeze(0).expand_as(x)
+        elif b.shape[0] == 1 and x.shape[0] != 1:
+            b = b.expand_as(x)
+        out.append(b)
+    return tuple(out)
+
+
+def run_forward(
+    forward_func: Callable,
+    inputs: Sequence[Any],
+    target: TargetType = None,
+    additional_forward_args: Optional[Tuple[Any, ...]] = None,
+) -> Tensor:
+    """Call ``forward_func(*inputs, *additional_forward_args)`` and select the target outputs."""
+    args = additional_forward_args or ()
+    output = forward_func(*inputs, *args)
+    if not isinstance(output, Tensor):
+        output = torch.as_tensor(output)
+    return select_targets(output, target)
+
+
+def expand_inputs(inputs: Tuple[Tensor, ...], n: int, interleave: bool = False) -> Tuple[Tensor, ...]:
+    if n == 1:
+        return inputs
+    if interleave:
+        return tuple(x.repeat_interleave(n, dim=0) for x in inputs)
+    return tuple(torch.cat([x] * n, dim=0) for x in inputs)

@@ -1,0 +1,80 @@
+"""Target selection: which scalar per example an attribution explains.
+
+Accepted forms (as in Captum): ``None`` (the output is already one scalar per example), an ``int``
+or index ``tuple`` applied to every example, a scalar tensor, a 1-D tensor or list of ints with one
+class per example, or a list of index tuples with one per example.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Tuple, Union
+
+import torch
+from torch import Tensor
+
+TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
+
+
+def _select_column(output: Tensor, index: Tuple[int, ...]) -> Tensor:
+    if len(index) > output.dim() - 1:
+        raise ValueError(
+            f"target {index} has more indices than the output's non-batch dimensions {tuple(output.shape[1:])}"
+        )
+    return output[(slice(None), *index)]
+
+
+def select_targets(output: Tensor, target: TargetType) -> Tensor:
+    """Pick the explained output of each example (same shapes as Captum's selection)."""
+    if target is None:
+        return output
+    if isinstance(target, int):
+        return _select_column(output, (target,))
+    if isinstance(target, tuple):
+        return _select_column(output, target)
+    if isinstance(target, Tensor):
+        if target.numel() == 1 and not target.is_floating_point():
+            return _select_column(output, (int(target.item()),))
+        if target.dim() == 1 and target.numel() == output.shape[0]:
+            if output.dim() != 2:
+                raise ValueError("a tensor of per-example targets needs a 2-D output (batch, classes)")
+            return torch.gather(output, 1, target.reshape(-1, 1).to(output.device))
+        raise ValueError(
+            f"target tensor of shape {tuple(target.shape)} does not match {output.shape[0]} examples"
+        )
+    if isinstance(target, list):
+        if len(target) != output.shape[0]:
+            raise ValueError(f"target list has {len(target)} entries for {output.shape[0]} examples")
+        if all(isinstance(t, int) for t in target):
+            if output.dim() != 2:
+                raise ValueError("a list of per-example int targets needs a 2-D output (batch, classes)")
+            index = torch.tensor(target, device=output.device).reshape(-1, 1)
+            return torch.gather(output, 1, index)
+        if all(isinstance(t, tuple) for t in target):
+            return torch.stack([output[(i, *t)] for i, t in enumerate(target)])
+        raise ValueError("a target list must hold only ints or only index tuples")
+    raise ValueError(f"target of type {type(target).__name__} is not supported")
+
+
+def expand_target(target: TargetType, n: int, interleave: bool = False) -> TargetType:
+    """Target for a batch made of ``n`` copies of the original examples.
+
+    ``interleave=False``: copies are stacked block after block (``[x; x; ...]``, path methods);
+    ``interleave=True``: each example is repeated in place (``[x0, x0, x1, x1]``, noise tunnel).
+    """
+    if n == 1:
+        return target
+    if isinstance(target, list):
+        return [t for t in target for _ in range(n)] if interleave else target * n
+    if isinstance(target, Tensor) and target.numel() > 1:
+        return target.repeat_interleave(n, dim=0) if interleave else target.repeat(n)
+    return target
+
+
+def take_target(target: TargetType, index: Union[slice, Tensor, List[int]]) -> TargetType:
+    """The target of a subset of examples (for per-example loops and chunks)."""
+    if isinstance(target, list):
+        if isinstance(index, slice):
+            return target[index]
+        return [target[int(i)] for i in index]
+    if isinstance(target, Tensor) and target.numel() > 1:
+        return target[index]
+    return target

@@ -1,0 +1,51 @@
+"""Captum-compatible attribution methods: ``from explain_serve.attr import IntegratedGradients``.
+
+Names resolve lazily to their modules, so importing one method does not import them all.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    # gradient methods
+    "Saliency": "saliency",
+    "InputXGradient": "input_x_gradient",
+    "IntegratedGradients": "integrated_gradients",
+    "GradientShap": "gradient_shap",
+    "InputBaselineXGradient": "gradient_shap",
+    "DeepLift": "deep_lift",
+    "DeepLiftShap": "deep_lift",
+    "GuidedBackprop": "guided_backprop",
+    "Deconvolution": "guided_backprop",
+    "LayerGradCam": "grad_cam",
+    "GuidedGradCam": "grad_cam",
+    "NoiseTunnel": "noise_tunnel",
+    # perturbation methods
+    "FeatureAblation": "feature_ablation",
+    "FeaturePermutation": "feature_permutation",
+    "Occlusion": "occlusion",
+    "ShapleyValueSampling": "shapley",
+    "ShapleyValues": "shapley",
+    "LimeBase": "lime",
+    "Lime": "lime",
+    "KernelShap": "kernel_shap",
+    # bases
+    "Attribution": "_base",
+    "GradientAttribution": "_base",
+    "PerturbationAttribution": "_base",
+    "LayerAttribution": "_base",
+    "NeuronAttribution": "_base",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explain_serve.attr' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

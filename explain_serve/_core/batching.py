@@ -43,3 +43,25 @@ def budget_units(inputs: Sequence[torch.Tensor], budget_bytes: int = MEMORY_BUDG
     if unit_bytes == 0:
         return MAX_UNITS_PER_EVAL
     return int(max(1, min(MAX_UNITS_PER_EVAL, budget_bytes // unit_bytes)))
+
+
+def samples_per_chunk(batch_size: int, n_samples: int, max_examples_per_batch: Optional[int]) -> int:
+    """Samples per example evaluated together under ``max_examples_per_batch`` (the metrics' name).
+
+    Each chunk holds every example ``k`` times, so ``k = max_examples_per_batch // batch_size``,
+    kept within ``[1, n_samples]`` (with a warning when the argument falls outside that range, as in
+    Captum, since a chunk cannot hold less than one copy of the batch).
+    """
+    if max_examples_per_batch is None:
+        return n_samples
+    per_chunk = max_examples_per_batch // max(1, batch_size)
+    if per_chunk < 1 or per_chunk > n_samples:
+        import warnings
+
+        warnings.warn(
+            f"max_examples_per_batch={max_examples_per_batch} should be between the batch size "
+            f"({batch_size}) and batch size * n_perturb_samples ({batch_size * n_samples}); "
+            "using the nearest valid value",
+            stacklevel=3,
+        )
+    return min(max(per_chunk, 1), n_samples)

@@ -19,10 +19,12 @@ def nodes_and_weights(method: str, n_steps: int) -> Tuple[List[float], List[floa
         x, w = np.polynomial.legendre.leggauss(n_steps)
         return list(0.5 * (1.0 + x)), list(0.5 * w)
     if method == "riemann_trapezoid":
+        # Captum-compatible: end points at 0 and 1 with weights 1/n (halved at both ends), so the
+        # weights sum to (n-1)/n rather than 1; kept so that results equal Captum's.
         if n_steps < 2:
             raise ValueError("riemann_trapezoid needs n_steps >= 2")
-        weights = [1.0 / (n_steps - 1)] * n_steps
-        weights[0] = weights[-1] = 0.5 / (n_steps - 1)
+        weights = [1.0 / n_steps] * n_steps
+        weights[0] = weights[-1] = 0.5 / n_steps
         return list(np.linspace(0.0, 1.0, n_steps)), weights
     weights = [1.0 / n_steps] * n_steps
     if method == "riemann_left":

@@ -1,0 +1,47 @@
+"""Path integrals of gradients, shared by every path method (IG and its layer/neuron forms).
+
+``integrate(grad_at, start, end, alphas, weights, steps_per_chunk)`` returns, for each tensor,
+``sum_k w_k * grad_at(start + alpha_k * (end - start))``: the Riemann/Gauss-Legendre estimate of
+``integral_0^1 grad(start + a (end - start)) da``. ``grad_at(points, n_copies)`` receives the
+path points of ``n_copies`` steps stacked step-major (``[all examples at alpha_0; ...]``).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .batching import chunks
+
+GradAt = Callable[[Tuple[Tensor, ...], int], Tuple[Tensor, ...]]
+
+
+def path_points(start: Sequence[Tensor], end: Sequence[Tensor], alphas: Sequence[float]) -> Tuple[Tensor, ...]:
+    """Points ``start + alpha (end - start)`` for each alpha, stacked step-major on the batch axis."""
+    points = []
+    for s, e in zip(start, end):
+        a = torch.as_tensor(list(alphas), dtype=e.dtype, device=e.device).view(-1, *([1] * e.dim()))
+        points.append((s.unsqueeze(0) + a * (e - s).unsqueeze(0)).reshape(-1, *e.shape[1:]))
+    return tuple(points)
+
+
+def integrate(
+    grad_at: GradAt,
+    start: Sequence[Tensor],
+    end: Sequence[Tensor],
+    alphas: Sequence[float],
+    weights: Sequence[float],
+    steps_per_chunk: Optional[int] = None,
+) -> Tuple[Tensor, ...]:
+    n = end[0].shape[0]
+    totals: List[Optional[Tensor]] = [None] * len(end)
+    for sl in chunks(len(alphas), steps_per_chunk):
+        k = sl.stop - sl.start
+        points = tuple(p.requires_grad_(True) for p in path_points(start, end, alphas[sl]))
+        grads = grad_at(points, k)
+        for i, g in enumerate(grads):
+            w = torch.as_tensor(list(weights[sl]), dtype=g.dtype, device=g.device)
+            part = torch.tensordot(w, g.reshape(k, n, *g.shape[1:]), dims=1)
+            totals[i] = part if totals[i] is None else totals[i] + part
+    return tuple(totals)  # type: ignore[return-value]

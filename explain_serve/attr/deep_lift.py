@@ -1,0 +1,189 @@
+"""DeepLift with the Rescale rule (Shrikumar et al., 2017) and DeepLiftShap (Lundberg & Lee, 2017).
+
+Inputs and baselines go through the model as one batch ``[x; b]``; at every supported
+nonlinearity the gradient is replaced by the multiplier ``delta_out / delta_in`` (the true gradient
+where ``|delta_in| < eps``), so backpropagation yields the DeepLift multipliers and
+``(x - b) * multipliers`` sums to ``f(x) - f(b)``. Max pooling uses the rule that routes the
+output difference through the argmax of the input and of the baseline; softmax is re-centred.
+The rules are gradient overrides registered through the one hook owner.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Dict, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._core.gradients import gradients, leaf_inputs
+from .._core.hooks import GradRecord, HookedMethod, HookSession
+from .._core.inputs import (
+    as_tuple,
+    expand_args,
+    format_args,
+    format_baselines,
+    format_output,
+    is_tuple,
+    tensorize_baselines,
+)
+from .._core.targets import expand_target
+from ._base import GradientAttribution
+
+
+def _doubled_diff(t: Tensor) -> Tensor:
+    a, b = t.chunk(2)
+    return torch.cat([a - b, a - b])
+
+
+def _rescale(eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    def rule(rec: GradRecord, grad: Tensor) -> Tensor:
+        d_in, d_out = _doubled_diff(rec.inputs), _doubled_diff(rec.outputs)
+        return torch.where(d_in.abs() < eps, grad, rec.grad_output * d_out / d_in)
+    return rule
+
+
+def _softmax(eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    rescale = _rescale(eps)
+
+    def rule(rec: GradRecord, grad: Tensor) -> Tensor:
+        unnormalized = rescale(rec, grad)
+        return unnormalized - unnormalized.sum() / grad.numel()
+    return rule
+
+
+def _maxpool(pool: Callable, unpool: Callable, eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    def rule(rec: GradRecord, grad: Tensor) -> Tensor:
+        m: nn.Module = rec.module
+        with torch.no_grad():
+            y, y_ref = rec.outputs.chunk(2)
+            y_max = torch.max(y, y_ref)
+            d_out = torch.cat([y_max - y_ref, y - y_max])
+            _, idx = pool(rec.inputs, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+            routed = unpool(rec.grad_output * d_out, idx, m.kernel_size, m.stride, m.padding, list(rec.inputs.shape))
+            a, b = routed.chunk(2)
+            routed = torch.cat([a + b, a + b])
+            d_in = _doubled_diff(rec.inputs)
+            return torch.where(d_in.abs() < eps, grad, routed / d_in)
+    return rule
+
+
+def rules(eps: float) -> Dict[Type[nn.Module], Callable]:
+    """Gradient rule per supported module type."""
+    rescale = _rescale(eps)
+    return {
+        nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
+        nn.Tanh: rescale, nn.Softplus: rescale,
+        nn.MaxPool1d: _maxpool(F.max_pool1d, F.max_unpool1d, eps),
+        nn.MaxPool2d: _maxpool(F.max_pool2d, F.max_unpool2d, eps),
+        nn.MaxPool3d: _maxpool(F.max_pool3d, F.max_unpool3d, eps),
+        nn.Softmax: _softmax(eps),
+    }
+
+
+def call_custom_attribution_func(func: Callable, multipliers, inputs, baselines):
+    n_params = len(inspect.signature(func).parameters)
+    if n_params == 1:
+        return func(multipliers)
+    if n_params == 2:
+        return func(multipliers, inputs)
+    if n_params == 3:
+        return func(multipliers, inputs, baselines)
+    raise ValueError("custom_attribution_func must take 1, 2 or 3 arguments")
+
+
+class DeepLift(GradientAttribution, HookedMethod):
+    def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, eps: float = 1e-10) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError("DeepLift needs a torch.nn.Module (its nonlinear layers are hooked)")
+        super().__init__(model)
+        self.model = model
+        self.eps = eps
+        self._multiply_by_inputs = multiply_by_inputs
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def _install_hooks(self, session: HookSession) -> None:
+        table = rules(self.eps)
+        for module in self.model.modules():
+            rule = table.get(type(module))
+            if rule is not None:
+                session.override_gradient(module, rule)
+
+    def multipliers(self, inputs, baselines, target, args):
+        """DeepLift multipliers d(score)/d(input) under the Rescale rules (tuples in and out)."""
+        n = inputs[0].shape[0]
+        for b in baselines:
+            if b.shape[0] != n:
+                raise ValueError(f"baselines must have batch size 1 or {n}, got {b.shape[0]}")
+        extra = expand_args(args, 2)
+
+        def joint_forward(*xs):
+            joined = tuple(torch.cat([x, b]) for x, b in zip(xs, baselines))
+            return self.model(*joined, *(extra or ()))
+
+        with self._hooks():
+            return gradients(joint_forward, leaf_inputs(inputs), expand_target(target, 2))
+
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta: bool = False,
+        custom_attribution_func=None,
+    ):
+        was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
+        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        args = format_args(additional_forward_args)
+        grads = self.multipliers(inputs, baselines, target, args)
+        if custom_attribution_func is not None:
+            attributions = as_tuple(call_custom_attribution_func(custom_attribution_func, grads, inputs, baselines))
+        elif self._multiply_by_inputs:
+            attributions = tuple((x - b) * g for x, b, g in zip(inputs, baselines, grads))
+        else:
+            attributions = grads
+        result = format_output(was_tuple, attributions)
+        if not return_convergence_delta:
+            return result
+        return result, self.compute_convergence_delta(attributions, baselines, inputs, target, args)
+
+
+class DeepLiftShap(DeepLift):
+    """DeepLift averaged over a distribution of baselines (every input against every baseline)."""
+
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta: bool = False,
+        custom_attribution_func=None,
+    ):
+        was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
+        if baselines is None:
+            raise ValueError("DeepLiftShap needs a tensor of baselines (a distribution of references)")
+        baselines = as_tuple(baselines)
+        if callable(baselines[0]) and not isinstance(baselines[0], Tensor):
+            baselines = as_tuple(baselines[0](inputs))
+        if not isinstance(baselines[0], Tensor):
+            raise ValueError("DeepLiftShap baselines must be tensors with a batch of references")
+        n, k = inputs[0].shape[0], baselines[0].shape[0]
+        exp_inputs = tuple(x.repeat_interleave(k, dim=0) for x in inputs)
+        exp_baselines = tuple(torch.cat([b] * n, dim=0) for b in baselines)
+        exp_target = expand_target(target, k, interleave=True)
+        exp_args = expand_args(format_args(additional_forward_args), k, interleave=True)
+        out = super().attribute(
+            exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta, custom_attribution_func
+        )
+        attributions, delta = out if return_convergence_delta else (out, None)
+        attributions = tuple(a.reshape(n, k, *a.shape[1:]).mean(1) for a in attributions)
+        result = format_output(was_tuple, attributions)
+        return (result, delta) if return_convergence_delta else result

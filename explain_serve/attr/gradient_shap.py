@@ -1,0 +1,98 @@
+"""GradientShap (Lundberg & Lee, 2017): expected gradients over random baselines and path points.
+
+Each sample draws a baseline from the given distribution, a point uniformly on the straight path
+from it to the (optionally noised) input, and takes ``gradient * (input - baseline)``; the average
+over samples approximates SHAP values. Implemented as ``NoiseTunnel(InputBaselineXGradient)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._core.gradients import gradients, leaf_inputs
+from .._core.inputs import (
+    as_tuple,
+    format_args,
+    format_baselines,
+    format_output,
+    is_tuple,
+    tensorize_baselines,
+)
+from ._base import GradientAttribution
+from .noise_tunnel import NoiseTunnel
+
+
+class InputBaselineXGradient(GradientAttribution):
+    """Gradient at one uniformly random point per example between baseline and input."""
+
+    def __init__(self, forward_func, multiply_by_inputs: bool = True) -> None:
+        super().__init__(forward_func)
+        self._multiply_by_inputs = multiply_by_inputs
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, return_convergence_delta=False):
+        was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
+        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        args = format_args(additional_forward_args)
+        alpha = torch.as_tensor(np.random.uniform(0.0, 1.0, inputs[0].shape[0]), dtype=inputs[0].dtype, device=inputs[0].device)
+        points = tuple(
+            b + alpha.view(-1, *([1] * (x.dim() - 1))) * (x - b) for x, b in zip(inputs, baselines)
+        )
+        grads = gradients(self.forward_func, leaf_inputs(points), target, args)
+        if self._multiply_by_inputs:
+            grads = tuple(g * (x - b) for g, x, b in zip(grads, inputs, baselines))
+        attributions = format_output(was_tuple, grads)
+        if not return_convergence_delta:
+            return attributions
+        return attributions, self.compute_convergence_delta(grads, baselines, inputs, target, args)
+
+
+class GradientShap(GradientAttribution):
+    def __init__(self, forward_func, multiply_by_inputs: bool = True) -> None:
+        super().__init__(forward_func)
+        self._multiply_by_inputs = multiply_by_inputs
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs,
+        baselines,
+        n_samples: int = 5,
+        stdevs=0.0,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta: bool = False,
+    ):
+        inputs_t = as_tuple(inputs)
+        baselines = as_tuple(baselines)
+        if callable(baselines[0]) and not isinstance(baselines[0], torch.Tensor):
+            baselines = as_tuple(baselines[0](inputs))
+        if not isinstance(baselines[0], torch.Tensor):
+            raise ValueError("GradientShap needs baselines as a tensor distribution (or a callable returning one)")
+        for b, x in zip(baselines, inputs_t):
+            if b.shape[1:] != x.shape[1:]:
+                raise ValueError(f"baselines of shape {tuple(b.shape)} do not match inputs {tuple(x.shape)}")
+        inner = InputBaselineXGradient(self.forward_func, self._multiply_by_inputs)
+        return NoiseTunnel(inner).attribute(
+            inputs,
+            nt_type="smoothgrad",
+            nt_samples=n_samples,
+            stdevs=stdevs,
+            draw_baseline_from_distrib=True,
+            baselines=baselines,
+            target=target,
+            additional_forward_args=additional_forward_args,
+            return_convergence_delta=return_convergence_delta,
+        )

@@ -23,7 +23,10 @@ def _select_column(output: Tensor, index: Tuple[int, ...]) -> Tensor:
 
 
 def select_targets(output: Tensor, target: TargetType) -> Tensor:
-    """Pick the explained output of each example (same shapes as Captum's selection)."""
+    """Pick the explained output of each example (same shapes as Captum's selection).
+
+    Per-example targets (1-D tensor, list of ints) select shape ``(batch,)``, like an int target.
+    """
     if target is None:
         return output
     if isinstance(target, int):
@@ -36,7 +39,7 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
         if target.dim() == 1 and target.numel() == output.shape[0]:
             if output.dim() != 2:
                 raise ValueError("a tensor of per-example targets needs a 2-D output (batch, classes)")
-            return torch.gather(output, 1, target.reshape(-1, 1).to(output.device))
+            return torch.gather(output, 1, target.reshape(-1, 1).to(output.device)).squeeze(1)
         raise ValueError(
             f"target tensor of shape {tuple(target.shape)} does not match {output.shape[0]} examples"
         )
@@ -47,7 +50,7 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
             if output.dim() != 2:
                 raise ValueError("a list of per-example int targets needs a 2-D output (batch, classes)")
             index = torch.tensor(target, device=output.device).reshape(-1, 1)
-            return torch.gather(output, 1, index)
+            return torch.gather(output, 1, index).squeeze(1)
         if all(isinstance(t, tuple) for t in target):
             return torch.stack([output[(i, *t)] for i, t in enumerate(target)])
         raise ValueError("a target list must hold only ints or only index tuples")

@@ -260,8 +260,9 @@ class FeatureAblation(PerturbationAttribution):
         else:
             diffs = initial.new_zeros((0,) + tuple(out_shape))
         attrs = []
+        sorted_feats, order = torch.sort(feats)
         for x, m in zip(inputs, masks):
-            rank = torch.searchsorted(feats, m.contiguous())
+            rank = order[torch.searchsorted(sorted_feats, m.contiguous())]
             a = _values_to_inputs(diffs, rank, out_shape, x.shape)
             attrs.append(a.reshape((n_out,) + tuple(x.shape[1:])))
         return tuple(attrs)

@@ -1,0 +1,189 @@
+"""Shapley values of feature groups, exact or sampled.
+
+The game: ``v(S) = f(x with the features in S kept and the others set to the baseline)``. The
+Shapley value of feature ``i`` averages its marginal contribution ``v(S + i) - v(S)`` over all
+orderings of the players.
+
+- ``ShapleyValueSampling`` (Castro, Gomez & Tejada 2009; Strumbelj & Kononenko 2010): draw
+  ``n_samples`` random orderings (``torch.randperm``, as Captum, so seeded runs agree), walk each
+  from the baseline adding one feature at a time, and average the marginal contributions.
+- ``ShapleyValues``: the exact value. Instead of Captum's ``n! * n`` forwards over all orderings,
+  it evaluates each of the ``2^n`` coalitions once and applies the Shapley formula
+  ``phi_i = sum_{S not i} |S|! (n-|S|-1)! / n! * (v(S + i) - v(S))`` (same numbers).
+
+All coalitions of a chunk are built at once from a boolean presence matrix indexed by the
+feature mask, and evaluated together (``perturbations_per_eval=None``: as many as fit in the
+memory budget).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
+from .._core.targets import TargetType
+from ._base import PerturbationAttribution
+from .feature_ablation import _check_per_eval, _evaluate_chunks, _format_masks, _forward_tensor, _is_aggregate, _values_to_inputs
+
+
+class ShapleyValueSampling(PerturbationAttribution):
+    """Sampled Shapley values (Monte Carlo over feature orderings)."""
+
+    def __init__(self, forward_func: Callable) -> None:
+        super().__init__(forward_func)
+
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask=None,
+        n_samples: int = 25,
+        perturbations_per_eval: Optional[int] = None,
+        show_progress: bool = False,
+    ):
+        """Average marginal contributions over ``n_samples`` random feature orderings.
+
+        Features are the integers ``0..max(feature_mask)`` (default: every scalar); the output
+        has shape ``output.shape + input.shape[1:]`` per input (the inputs' shapes for a scalar
+        per example). ``show_progress`` is accepted and ignored.
+        """
+        return self._shapley(inputs, baselines, target, additional_forward_args, feature_mask,
+                             n_samples, perturbations_per_eval, exact=False)
+
+    # -------------------------------------------------------------------------------------
+    def _shapley(self, inputs, baselines, target, additional_forward_args, feature_mask,
+                 n_samples, perturbations_per_eval, exact: bool):
+        was_tuple = is_tuple(inputs)
+        inputs = as_tuple(inputs)
+        _check_per_eval(perturbations_per_eval)
+        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        args = format_args(additional_forward_args)
+        masks = _format_masks(feature_mask, inputs)
+        num_examples = inputs[0].shape[0]
+        n_feat = int(max(int(m.max()) for m in masks if m.numel())) + 1
+        device = inputs[0].device
+
+        with torch.no_grad():
+            initial = _forward_tensor(self.forward_func, baselines, target, args)  # v(empty)
+            if initial.dim() == 0:
+                initial = initial.reshape(1)
+            per_eval = perturbations_per_eval
+            if _is_aggregate(initial, num_examples):
+                if any(m.shape[0] != 1 for m in masks):
+                    raise AssertionError(
+                        "Cannot provide different masks for each example when function returns a scalar."
+                    )
+                if per_eval is not None and per_eval > 1:
+                    raise AssertionError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
+                per_eval = 1
+
+            if exact:
+                phi = self._exact(inputs, baselines, masks, n_feat, initial, target, args, per_eval)
+            else:
+                phi = self._sampled(inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval)
+
+            attrs = tuple(_values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
+        return format_output(was_tuple, attrs)
+
+    def _coalition_builder(self, inputs, baselines, masks, presence: Callable[[slice], Tensor]):
+        """``build(sl)``: inputs where feature f of unit u is kept iff ``presence(sl)[u, f]``."""
+
+        def build(sl: slice):
+            z = presence(sl)  # (n, F) bool
+            n = z.shape[0]
+            out = []
+            for x, b, m in zip(inputs, baselines, masks):
+                keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
+                pert = torch.where(keep, x.unsqueeze(0), b.unsqueeze(0))
+                out.append(pert.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
+            return tuple(out)
+
+        return build
+
+    def _sampled(self, inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval):
+        device = inputs[0].device
+        perms = torch.stack([torch.randperm(n_feat) for _ in range(n_samples)]).to(device)  # (S, F)
+        # position of each feature in each ordering
+        pos = torch.empty_like(perms)
+        pos.scatter_(1, perms, torch.arange(n_feat, device=device).expand(n_samples, n_feat))
+
+        def presence(sl: slice) -> Tensor:
+            u = torch.arange(sl.start, sl.stop, device=device)
+            s, k = u // n_feat, u % n_feat
+            return pos[s] <= k[:, None]  # features among the first k+1 of ordering s
+
+        build = self._coalition_builder(inputs, baselines, masks, presence)
+        outs = [out for _, out in _evaluate_chunks(
+            self.forward_func, build, n_samples * n_feat, per_eval, initial.shape, target, args, inputs)]
+        v = torch.cat(outs, 0).reshape((n_samples, n_feat) + tuple(initial.shape))
+        v = torch.cat([initial.expand((n_samples, 1) + tuple(initial.shape)).to(v.dtype), v], 1)
+        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
+        phi = torch.zeros((n_feat,) + tuple(initial.shape), dtype=marg.dtype, device=device)
+        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(initial.shape)))
+        return phi / n_samples
+
+    def _exact(self, inputs, baselines, masks, n_feat, initial, target, args, per_eval):
+        device = inputs[0].device
+        present = sorted({int(v) for m in masks for v in torch.unique(m).tolist()})
+        p = len(present)  # missing feature ids are null players: value 0, skipped
+        if p > 30:
+            raise ValueError(f"exact Shapley values over {p} features need 2^{p} forwards; use ShapleyValueSampling")
+        col = torch.full((n_feat,), p, dtype=torch.long, device=device)
+        col[torch.tensor(present, device=device)] = torch.arange(p, device=device)
+        bits = 1 << torch.arange(p, device=device)
+
+        def presence(sl: slice) -> Tensor:
+            codes = torch.arange(sl.start, sl.stop, device=device) + 1  # coalition 0 is `initial`
+            z = (codes[:, None] & bits) != 0  # (n, p)
+            z = torch.cat([z, z.new_zeros((z.shape[0], 1))], 1)
+            return z[:, col]  # (n, n_feat)
+
+        build = self._coalition_builder(inputs, baselines, masks, presence)
+        n_coal = 1 << p
+        outs = [out for _, out in _evaluate_chunks(
+            self.forward_func, build, n_coal - 1, per_eval, initial.shape, target, args, inputs)]
+        v = torch.cat([initial.unsqueeze(0)] + outs, 0)  # (2^p, *out)
+        codes = torch.arange(n_coal, device=device)
+        size = ((codes[:, None] & bits) != 0).sum(1)
+        weight = torch.tensor(
+            [math.factorial(s) * math.factorial(p - s - 1) / math.factorial(p) for s in range(p)],
+            dtype=v.dtype, device=device,
+        )
+        phi = torch.zeros((n_feat,) + tuple(initial.shape), dtype=v.dtype, device=device)
+        wshape = (-1,) + (1,) * initial.dim()
+        for j, f in enumerate(present):
+            without = codes[(codes & (1 << j)) == 0]
+            phi[f] = (weight[size[without]].reshape(wshape) * (v[without | (1 << j)] - v[without])).sum(0)
+        return phi
+
+
+class ShapleyValues(ShapleyValueSampling):
+    """Exact Shapley values (all ``2^n`` coalitions of the feature groups)."""
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs,
+        baselines=None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask=None,
+        perturbations_per_eval: Optional[int] = None,
+        show_progress: bool = False,
+    ):
+        """Exact Shapley values of each feature group (``feature_mask``; default every scalar)."""
+        n = (sum(x[0].numel() for x in as_tuple(inputs)) if feature_mask is None
+             else len({int(v) for m in as_tuple(feature_mask) for v in torch.unique(torch.as_tensor(m)).tolist()}))
+        if n >= 10:
+            warnings.warn(
+                f"Exact Shapley values over {n} features evaluate 2^{n} coalitions; "
+                "consider ShapleyValueSampling.",
+                stacklevel=2,
+            )
+        return self._shapley(inputs, baselines, target, additional_forward_args, feature_mask,
+                             1, perturbations_per_eval, exact=True)

@@ -61,7 +61,8 @@ def _cumulative_threshold(values: np.ndarray, percentile: float) -> float:
         raise ValueError(f"percentile must be within [0, 100], got {percentile}")
     ordered = np.sort(values.ravel())
     running = np.cumsum(ordered)
-    first = int(np.argmax(running >= running[-1] * percentile / 100.0))
+    # first index reaching the target; clamped because round-off can leave the total just below it
+    first = min(int(np.searchsorted(running, running[-1] * percentile / 100.0, side="left")), len(ordered) - 1)
     return float(ordered[first])
 
 

@@ -447,3 +447,11 @@ def test_sensitivity_max_radius_passed_only_to_two_argument_functions():
     assert radii == [None, 0.5]
     # the explanation x^2 moves from 1 to 1.5^2 = 2.25 in every element: relative change 1.25
     torch.testing.assert_close(got, torch.full((2,), 1.25, dtype=D))
+
+
+def test_sensitivity_max_zero_explanation_is_not_divided():
+    """An explanation of norm 0 at x is compared in absolute terms (its norm is taken as 1)."""
+    x = torch.ones(2, 3, dtype=D)
+    explain = lambda inputs: inputs - 1.0  # noqa: E731 - zero at x, 0.5 everywhere after the shift
+    got = sensitivity_max(explain, x, lambda inputs, r: inputs + r, perturb_radius=0.5, n_perturb_samples=3)
+    torch.testing.assert_close(got, torch.full((2,), 0.5 * 3 ** 0.5, dtype=D))

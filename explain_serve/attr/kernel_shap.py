@@ -1,0 +1,114 @@
+"""Kernel SHAP (Lundberg & Lee 2017): LIME with the Shapley kernel.
+
+With the kernel ``pi(z) = (M - 1) / (C(M, |z|) |z| (M - |z|))`` the weighted linear fit of
+``f(z)`` on binary coalitions ``z`` recovers the Shapley values. As in Captum, coalitions are
+*sampled* from the kernel's distribution over sizes (``P(|z| = k) ~ (M-1) / (k (M-k))``, then a
+uniformly random subset of that size), so the sampled ones get weight 1; the full and the empty
+coalition are always included with a large weight (``inf_weight``), which enforces
+``phi_0 = f(baseline)`` and ``sum(phi) = f(x) - f(baseline)``. The surrogate is unregularised
+weighted least squares with an intercept.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from .._core.targets import TargetType
+from .lime import InterpretableLinearModel, Lime
+
+
+class KernelShap(Lime):
+    """Shapley values by a Shapley-kernel-weighted linear regression over feature groups."""
+
+    def __init__(self, forward_func: Callable) -> None:
+        Lime.__init__(
+            self,
+            forward_func,
+            interpretable_model=InterpretableLinearModel(alpha=0.0),
+            similarity_func=self.kernel_shap_similarity_kernel,
+            perturb_func=self.kernel_shap_perturb_generator,
+        )
+        self.inf_weight = 1000000.0
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs,
+        baselines=None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask=None,
+        n_samples: int = 25,
+        perturbations_per_eval: Optional[int] = None,
+        return_input_shape: bool = True,
+        show_progress: bool = False,
+    ):
+        """Kernel SHAP values of each feature group (``feature_mask``; default every scalar).
+
+        ``n_samples`` counts the full and empty coalitions. Same shapes as ``Lime.attribute``.
+        """
+        return self._attribute_kwargs(inputs, baselines, target, additional_forward_args, feature_mask,
+                                      n_samples, perturbations_per_eval, return_input_shape)
+
+    @staticmethod
+    def _size_probs(num_features: int) -> Tensor:
+        """Coalition-size distribution of the Shapley kernel over sizes 1..M-1 (index = size)."""
+        k = torch.arange(num_features, dtype=torch.float64)
+        probs = (num_features - 1) / (k * (num_features - k))
+        probs[0] = 0.0
+        return probs
+
+    # Captum-style per-sample functions (used when the sampler or similarity is replaced) ------
+    def kernel_shap_similarity_kernel(self, _, __, interpretable_sample: Tensor, **kwargs: Any) -> Tensor:
+        """Weight 1 for sampled coalitions, ``inf_weight`` for the full and the empty one."""
+        if "num_interp_features" not in kwargs:
+            raise AssertionError("Must provide num_interp_features to use default similarity kernel")
+        k = int(interpretable_sample.sum())
+        full = k == 0 or k == int(kwargs["num_interp_features"])
+        return torch.tensor([self.inf_weight if full else 1.0])
+
+    def kernel_shap_perturb_generator(self, original_inp, **kwargs: Any):
+        """Yield the full coalition, the empty one, then coalitions drawn from the kernel."""
+        if "num_interp_features" not in kwargs:
+            raise AssertionError("num_interp_features is necessary to use kernel_shap_perturb_func")
+        device = (original_inp if isinstance(original_inp, Tensor) else original_inp[0]).device
+        m = int(kwargs["num_interp_features"])
+        yield torch.ones(1, m, device=device, dtype=torch.long)
+        yield torch.zeros(1, m, device=device, dtype=torch.long)
+        while True:
+            yield self._draw(1, 1, m, device)[0].long()
+
+    def _draw(self, groups: int, n: int, m: int, device) -> Tensor:
+        """``n`` coalitions per group: a size from the kernel, then a uniform subset of that size."""
+        if m < 2 or n <= 0:
+            return (torch.arange(n, device=device) % 2 == 0).reshape(1, n, 1).expand(groups, n, m).clone()
+        sizes = torch.multinomial(self._size_probs(m), groups * n, replacement=True).reshape(groups, n, 1)
+        order = torch.rand(groups, n, m).argsort(-1)
+        z = torch.zeros(groups, n, m, dtype=torch.bool)
+        z.scatter_(-1, order, torch.arange(m).expand(groups, n, m) < sizes)
+        return z.to(device)
+
+    # vectorized path ------------------------------------------------------------------------
+    def _sampler(self):
+        if self.perturb_func != self.kernel_shap_perturb_generator:
+            return super()._sampler()
+
+        def sample(groups: int, n: int, m: int, device) -> Tensor:
+            fixed = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)]).to(device)
+            z = torch.cat([fixed.expand(groups, 2, m), self._draw(groups, max(n - 2, 0), m, device)], 1)
+            return z[:, :n]
+
+        return sample
+
+    def _batched_similarity(self):
+        if self.similarity_func != self.kernel_shap_similarity_kernel:
+            return super()._batched_similarity()
+
+        def weights(orig, pert, z: Tensor, per_example: bool) -> Tensor:
+            k = z.sum(-1)
+            full = (k == 0) | (k == z.shape[-1])
+            return torch.where(full, torch.full_like(k, self.inf_weight, dtype=torch.float64),
+                               torch.ones_like(k, dtype=torch.float64))
+
+        return weights

@@ -1,0 +1,449 @@
+"""LIME (Ribeiro, Singh & Guestrin 2016): fit a weighted linear surrogate around the input.
+
+Samples are binary vectors ``z`` over interpretable features (feature groups); ``z_f = 1`` keeps
+group ``f`` of the input and ``z_f = 0`` replaces it by the baseline. The model is evaluated on
+each sample, each sample is weighted by its similarity to the original input, and the
+coefficients of a weighted linear model fitted to ``(z, f(sample))`` are the attributions.
+
+``LimeBase`` is the general algorithm (any sampler, transform, similarity and interpretable
+model, called once per sample as in Captum). ``Lime`` adds Captum's defaults, and when those
+defaults are in use it draws all samples of all examples as one tensor, builds the perturbed
+inputs with masks, evaluates many samples per forward and fits every example's surrogate in one
+batched least-squares solve (no per-sample Python on the hot path).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from .._core.batching import budget_units
+from .._core.inputs import (
+    as_tuple,
+    format_args,
+    format_baselines,
+    format_output,
+    is_tuple,
+    take_args,
+    tensorize_baselines,
+)
+from .._core.targets import TargetType, take_target
+from ._base import PerturbationAttribution
+from .feature_ablation import _check_per_eval, _evaluate_chunks, _format_masks, _forward_tensor, _values_to_inputs
+
+
+# --------------------------------------------------------------------------------------------
+# interpretable model
+# --------------------------------------------------------------------------------------------
+class InterpretableLinearModel:
+    """Weighted least squares with an optional ridge penalty, solved in torch (no sklearn).
+
+    Minimises ``sum_i w_i (y_i - b - z_i . c)^2 / sum_i w_i + alpha * |c|^2`` (the intercept
+    ``b`` is not penalised). Solved as one (batched) least-squares problem in float64 with the
+    pseudo-inverse, so rank-deficient designs (fewer samples than features) give the
+    minimum-norm solution. Follows Captum's interpretable-model protocol: ``fit(DataLoader of
+    (z, y, w))``, ``representation()`` (coefficients, shape ``(1, n_features)``), ``bias()``.
+    """
+
+    def __init__(self, alpha: float = 0.0, fit_intercept: bool = True) -> None:
+        self.alpha = float(alpha)
+        self.fit_intercept = fit_intercept
+        self.coef_: Optional[Tensor] = None
+        self.intercept_: Optional[Tensor] = None
+
+    def fit(self, train_data: DataLoader, **kwargs: Any) -> None:
+        parts = [batch for batch in train_data]
+        x = torch.cat([p[0] for p in parts])
+        y = torch.cat([p[1] for p in parts])
+        w = torch.cat([p[2] for p in parts]) if len(parts[0]) > 2 else None
+        self.fit_tensors(x, y, w)
+
+    def fit_tensors(self, x: Tensor, y: Tensor, w: Optional[Tensor] = None) -> Tensor:
+        """Fit ``x`` (…, S, F), ``y`` (…, S), ``w`` (…, S); returns coefficients (…, F)."""
+        dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
+        x = x.to(torch.float64)
+        y = y.to(torch.float64).reshape(x.shape[:-1])
+        w = torch.ones_like(y) if w is None else w.to(torch.float64).reshape(y.shape)
+        s = torch.sqrt(w / w.sum(-1, keepdim=True).clamp_min(1e-300)).unsqueeze(-1)
+        n_feat = x.shape[-1]
+        design = torch.cat([x, torch.ones_like(x[..., :1])], -1) if self.fit_intercept else x
+        a = design * s
+        b = y.unsqueeze(-1) * s
+        if self.alpha > 0:
+            pen = torch.zeros(design.shape[-1], design.shape[-1], dtype=x.dtype, device=x.device)
+            pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
+            a = torch.cat([a, pen.expand(a.shape[:-2] + pen.shape)], -2)
+            b = torch.cat([b, b.new_zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
+        sol = (torch.linalg.pinv(a) @ b).squeeze(-1)
+        self.coef_ = sol[..., :n_feat].to(dtype)
+        self.intercept_ = sol[..., n_feat].to(dtype) if self.fit_intercept else torch.zeros_like(sol[..., 0]).to(dtype)
+        return self.coef_
+
+    def representation(self) -> Tensor:
+        if self.coef_ is None:
+            raise RuntimeError("the model is not fitted")
+        return self.coef_.reshape(-1, self.coef_.shape[-1]) if self.coef_.dim() == 1 else self.coef_
+
+    def bias(self) -> Optional[Tensor]:
+        return self.intercept_
+
+
+# --------------------------------------------------------------------------------------------
+# defaults (Captum's names and call conventions)
+# --------------------------------------------------------------------------------------------
+def _flatten_tuple(t) -> Tensor:
+    return torch.cat([x.reshape(-1) for x in as_tuple(t)])
+
+
+def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_width: float = 1.0) -> Callable:
+    """Similarity ``exp(-d^2 / (2 width^2))`` of a perturbed input to the original.
+
+    ``d`` is ``1 - cosine similarity`` (``"cosine"``) or the L2 distance (``"euclidean"``) of the
+    flattened inputs. The returned function has Captum's signature
+    ``(original_inp, perturbed_inp, interpretable_sample, **kwargs) -> float`` and carries a
+    ``batched`` attribute used by ``Lime``'s vectorized path.
+    """
+    if distance_mode not in ("cosine", "euclidean"):
+        raise ValueError("distance_mode must be either cosine or euclidean.")
+
+    def default_exp_kernel(original_inp, perturbed_inp, __, **kwargs) -> float:
+        a, b = _flatten_tuple(original_inp), _flatten_tuple(perturbed_inp)
+        if distance_mode == "cosine":
+            d = 1 - torch.nn.functional.cosine_similarity(a, b, dim=0)
+        else:
+            d = torch.norm(a - b)
+        return math.exp(-1 * float(d) ** 2 / (2 * kernel_width**2))
+
+    def batched(original: Tuple[Tensor, ...], perturbed: Tuple[Tensor, ...], per_example: bool) -> Tensor:
+        """``original`` (B, ...) tuples, ``perturbed`` (n, B, ...) tuples -> (n, B) or (n, 1)."""
+        red = (lambda t: t.reshape(t.shape[0], t.shape[1], -1).sum(-1)) if per_example else (
+            lambda t: t.reshape(t.shape[0], -1).sum(-1, keepdim=True))
+        if distance_mode == "cosine":
+            dot = sum(red(p * o.unsqueeze(0)) for o, p in zip(original, perturbed))
+            n_o = sum(red((o * o).unsqueeze(0)) for o in original)
+            n_p = sum(red(p * p) for p in perturbed)
+            eps = 1e-8
+            d = 1 - dot / (n_o.sqrt().clamp_min(eps) * n_p.sqrt().clamp_min(eps))
+        else:
+            d = sum(red((p - o.unsqueeze(0)) ** 2) for o, p in zip(original, perturbed)).sqrt()
+        return torch.exp(-(d**2) / (2 * kernel_width**2))
+
+    default_exp_kernel.batched = batched  # type: ignore[attr-defined]
+    return default_exp_kernel
+
+
+def default_perturb_func(original_inp, **kwargs: Any) -> Tensor:
+    """One LIME sample: each of ``num_interp_features`` features kept with probability 1/2."""
+    if "num_interp_features" not in kwargs:
+        raise AssertionError("Must provide num_interp_features to use default interpretable sampling function")
+    device = as_tuple(original_inp)[0].device
+    probs = torch.ones(1, int(kwargs["num_interp_features"])) * 0.5
+    return torch.bernoulli(probs).to(device=device).long()
+
+
+def default_from_interp_rep_transform(curr_sample: Tensor, original_inputs, **kwargs: Any):
+    """Binary sample -> input: kept features from ``original_inputs``, others from ``baselines``.
+
+    Needs ``feature_mask`` and ``baselines`` in ``kwargs`` (tensor or tuple like the inputs).
+    """
+    if "feature_mask" not in kwargs or "baselines" not in kwargs:
+        raise AssertionError("Must provide feature_mask and baselines to use the default transform")
+    masks, bases = kwargs["feature_mask"], kwargs["baselines"]
+    if isinstance(original_inputs, Tensor):
+        keep = curr_sample[0][masks].bool()
+        return torch.where(keep, original_inputs, torch.as_tensor(bases, dtype=original_inputs.dtype))
+    return tuple(
+        torch.where(curr_sample[0][m].bool(), x, torch.as_tensor(b, dtype=x.dtype))
+        for x, m, b in zip(original_inputs, masks, bases)
+    )
+
+
+def construct_feature_mask(feature_mask, formatted_inputs: Tuple[Tensor, ...]):
+    """Interpretable features: the mask shifted to start at 0, and their count (max + 1)."""
+    if feature_mask is None:
+        masks = _format_masks(None, formatted_inputs)
+        return masks, sum(x[0:1].numel() for x in formatted_inputs)
+    masks = tuple(torch.as_tensor(m) for m in as_tuple(feature_mask))
+    lo = int(min(int(m.min()) for m in masks if m.numel()))
+    if lo != 0:
+        warnings.warn("Minimum element in feature mask is not 0, shifting indices to start at 0.", stacklevel=3)
+        masks = tuple(m - lo for m in masks)
+    return masks, int(max(int(m.max()) for m in masks if m.numel())) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# LimeBase
+# --------------------------------------------------------------------------------------------
+class LimeBase(PerturbationAttribution):
+    """The general LIME algorithm with user-supplied sampling, transforms, similarity and model.
+
+    ``perturb_func(inputs, **kwargs)`` returns one sample (or is a generator of samples); with
+    ``perturb_interpretable_space=True`` samples are interpretable vectors mapped to inputs by
+    ``from_interp_rep_transform(sample, inputs, **kwargs)``, otherwise they are inputs mapped to
+    the interpretable space by ``to_interp_rep_transform``. ``similarity_func(inputs,
+    model_input, interpretable_sample, **kwargs)`` weights each sample. ``attribute`` returns
+    ``interpretable_model.representation()`` after fitting.
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        interpretable_model: Any,
+        similarity_func: Callable,
+        perturb_func: Callable,
+        perturb_interpretable_space: bool,
+        from_interp_rep_transform: Optional[Callable],
+        to_interp_rep_transform: Optional[Callable],
+    ) -> None:
+        super().__init__(forward_func)
+        self.interpretable_model = interpretable_model
+        self.similarity_func = similarity_func
+        self.perturb_func = perturb_func
+        self.perturb_interpretable_space = perturb_interpretable_space
+        self.from_interp_rep_transform = from_interp_rep_transform
+        self.to_interp_rep_transform = to_interp_rep_transform
+        if perturb_interpretable_space and from_interp_rep_transform is None:
+            raise AssertionError("Must provide transform from interpretable space to original input space")
+        if not perturb_interpretable_space and to_interp_rep_transform is None:
+            raise AssertionError("Must provide transform from original input space to interpretable space")
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        """Fit the interpretable model on (G, S, F) samples; coefficients (G, F)."""
+        model = self.interpretable_model
+        if isinstance(model, InterpretableLinearModel):
+            return model.fit_tensors(x, y, w)
+        coefs = []
+        for g in range(x.shape[0]):
+            data = TensorDataset(x[g].float(), y[g].float(), w[g].float())
+            model.fit(DataLoader(data, batch_size=x.shape[1]))
+            coefs.append(torch.as_tensor(model.representation()).reshape(-1))
+        return torch.stack(coefs)
+
+    def attribute(
+        self,
+        inputs,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        n_samples: int = 50,
+        perturbations_per_eval: Optional[int] = None,
+        show_progress: bool = False,
+        **kwargs: Any,
+    ) -> Tensor:
+        """Draw ``n_samples`` samples, evaluate them (many per forward), fit, return the model's
+        representation. ``kwargs`` are passed to the sampling, transform and similarity functions."""
+        _check_per_eval(perturbations_per_eval)
+        args = format_args(additional_forward_args)
+        generator = self.perturb_func(inputs, **kwargs) if inspect.isgeneratorfunction(self.perturb_func) else None
+        interps, model_inputs, sims = [], [], []
+        with torch.no_grad():
+            for _ in range(n_samples):
+                try:
+                    sample = next(generator) if generator is not None else self.perturb_func(inputs, **kwargs)
+                except StopIteration:
+                    warnings.warn("Generator completed prior to given n_samples iterations!", stacklevel=2)
+                    break
+                if self.perturb_interpretable_space:
+                    interp, model_inp = sample, self.from_interp_rep_transform(sample, inputs, **kwargs)
+                else:
+                    model_inp, interp = sample, self.to_interp_rep_transform(sample, inputs, **kwargs)
+                sim = self.similarity_func(inputs, model_inp, interp, **kwargs)
+                interps.append(torch.as_tensor(interp).reshape(1, -1))
+                model_inputs.append(as_tuple(model_inp))
+                sims.append(torch.as_tensor(sim, dtype=torch.float64).reshape(-1))
+            n = len(model_inputs)
+
+            def build(sl: slice):
+                return tuple(torch.cat(parts, 0) for parts in zip(*model_inputs[sl]))
+
+            outs = [out for _, out in _evaluate_chunks(
+                self.forward_func, build, n, perturbations_per_eval, torch.Size([1]), target, args, model_inputs[0])]
+            y = torch.cat(outs, 0).reshape(-1)
+            if y.numel() != n:
+                raise AssertionError("Number of outputs is not appropriate, must return one output per perturbed input")
+            x = torch.cat(interps, 0)
+            w = torch.cat(sims, 0)
+        self._fit(x.unsqueeze(0), y.unsqueeze(0), w.unsqueeze(0))
+        return self.interpretable_model.representation()
+
+
+# --------------------------------------------------------------------------------------------
+# Lime
+# --------------------------------------------------------------------------------------------
+class Lime(LimeBase):
+    """LIME over feature groups with Captum's defaults: keep each group with probability 1/2,
+    exponential cosine kernel of width 1, and a linear surrogate (here ``InterpretableLinearModel``
+    with a small ridge, ``alpha=1e-4``, instead of Captum's sklearn Lasso(alpha=0.01))."""
+
+    def __init__(
+        self,
+        forward_func: Callable,
+        interpretable_model: Any = None,
+        similarity_func: Optional[Callable] = None,
+        perturb_func: Optional[Callable] = None,
+    ) -> None:
+        super().__init__(
+            forward_func,
+            InterpretableLinearModel(alpha=1e-4) if interpretable_model is None else interpretable_model,
+            get_exp_kernel_similarity_function() if similarity_func is None else similarity_func,
+            default_perturb_func if perturb_func is None else perturb_func,
+            True,
+            default_from_interp_rep_transform,
+            None,
+        )
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs,
+        baselines=None,
+        target: TargetType = None,
+        additional_forward_args: Any = None,
+        feature_mask=None,
+        n_samples: int = 25,
+        perturbations_per_eval: Optional[int] = None,
+        return_input_shape: bool = True,
+        show_progress: bool = False,
+    ):
+        """Fit one surrogate per example (or one for the batch if the forward aggregates it).
+
+        ``return_input_shape=True`` spreads each group's coefficient over its positions (inputs'
+        shapes; first dimension 1 for an aggregating forward); ``False`` returns the
+        coefficients, shape ``(n_examples or 1, n_features)``.
+        """
+        return self._attribute_kwargs(inputs, baselines, target, additional_forward_args, feature_mask,
+                                      n_samples, perturbations_per_eval, return_input_shape)
+
+    # hooks for the vectorized path ------------------------------------------------------------
+    def _sampler(self) -> Optional[Callable[[int, int, int, Any], Tensor]]:
+        """Vectorized sampler ``(groups, n_samples, n_features, device) -> bool (G, S, F)``."""
+        if self.perturb_func is default_perturb_func:
+            return lambda g, s, f, device: torch.rand(g, s, f, device=device) < 0.5
+        return None
+
+    def _batched_similarity(self) -> Optional[Callable]:
+        """``(original, perturbed, z (n, G, F), per_example) -> (n, G)`` or None."""
+        fn = getattr(self.similarity_func, "batched", None)
+        if fn is None:
+            return None
+        return lambda orig, pert, z, per_example: fn(orig, pert, per_example)
+
+    # ------------------------------------------------------------------------------------------
+    def _attribute_kwargs(self, inputs, baselines, target, additional_forward_args, feature_mask,
+                          n_samples, perturbations_per_eval, return_input_shape):
+        was_tuple = is_tuple(inputs)
+        inputs = as_tuple(inputs)
+        _check_per_eval(perturbations_per_eval)
+        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        args = format_args(additional_forward_args)
+        raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
+        masks = _format_masks(raw_masks, inputs)
+        if n_feat > 10000:
+            warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
+                          "a feature_mask.", stacklevel=2)
+        bsz = inputs[0].shape[0]
+        test = _forward_tensor(self.forward_func, inputs, target, args)
+        per_eval = perturbations_per_eval
+        if bsz > 1 and test.numel() == bsz:
+            groups = bsz  # one surrogate per example
+        elif test.numel() == 1:
+            groups = 1
+            if bsz > 1:
+                if per_eval is not None and per_eval > 1:
+                    raise AssertionError("Perturbations per eval must be 1 when forward function returns single value per batch!")
+                per_eval = 1
+        else:
+            raise AssertionError("Invalid number of outputs, forward function should return a scalar per example "
+                                 "or a scalar per input batch.")
+        out_dtype = test.dtype if test.is_floating_point() else torch.get_default_dtype()
+
+        sampler, sim = self._sampler(), self._batched_similarity()
+        if (sampler is not None and sim is not None and self.perturb_interpretable_space
+                and self.from_interp_rep_transform is default_from_interp_rep_transform):
+            coefs = self._vectorized(inputs, baselines, masks, n_feat, groups, n_samples, test,
+                                     target, args, per_eval, sampler, sim)
+        else:
+            coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
+                                     target, args, per_eval, was_tuple)
+        coefs = coefs.to(out_dtype)
+        if not return_input_shape:
+            return coefs
+        attrs = []
+        for x, m in zip(inputs, masks):
+            if groups == 1:
+                a = _values_to_inputs(coefs.reshape(1, n_feat).transpose(0, 1), m[0:1], (1,), x.shape)
+            else:
+                a = _values_to_inputs(coefs.transpose(0, 1), m, (bsz,), x.shape)
+            attrs.append(a)
+        return format_output(was_tuple, tuple(attrs))
+
+    def _vectorized(self, inputs, baselines, masks, n_feat, groups, n_samples, test, target, args,
+                    per_eval, sampler, sim):
+        bsz = inputs[0].shape[0]
+        device = inputs[0].device
+        z = sampler(groups, n_samples, n_feat, device)  # (G, S, F) bool
+        n_samples = z.shape[1]
+        weights = torch.empty((n_samples, groups), dtype=torch.float64, device=device)
+        per_example = groups > 1
+
+        def build(sl: slice):
+            zc = z[:, sl].transpose(0, 1)  # (n, G, F)
+            n = zc.shape[0]
+            perturbed = []
+            for x, b, m in zip(inputs, baselines, masks):
+                idx = m.reshape(m.shape[0], -1)  # (Bm, P)
+                if groups == 1:
+                    keep = zc[:, 0][:, idx[0 if idx.shape[0] == 1 else slice(None)]]  # (n, P) or (n, B, P)
+                    keep = keep.reshape((n, idx.shape[0] if idx.shape[0] > 1 else 1) + tuple(x.shape[1:]))
+                else:
+                    keep = torch.gather(zc, 2, idx.unsqueeze(0).expand(n, bsz, idx.shape[1]))
+                    keep = keep.reshape((n, bsz) + tuple(x.shape[1:]))
+                perturbed.append(torch.where(keep, x.unsqueeze(0), b.unsqueeze(0)))
+            perturbed = [p.expand((p.shape[0],) + tuple(x.shape)) for p, x in zip(perturbed, inputs)]
+            weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
+            return tuple(p.reshape((n * x.shape[0],) + tuple(x.shape[1:])) for p, x in zip(perturbed, inputs))
+
+        outs = [out for _, out in _evaluate_chunks(self.forward_func, build, n_samples, per_eval, test.shape,
+                                                   target, args, inputs)]
+        y = torch.cat(outs, 0).reshape(n_samples, groups).transpose(0, 1)
+        return self._fit(z.to(torch.float64), y, weights.transpose(0, 1))
+
+    def _per_sample(self, inputs, baselines, raw_masks, n_feat, groups, n_samples, target, args, per_eval,
+                    was_tuple):
+        """Captum's path for custom samplers/similarities: LimeBase per example (or batch)."""
+        bsz = inputs[0].shape[0]
+        masks = tuple(m.to(x.device) for m, x in zip(raw_masks, inputs))
+        coefs = []
+        for g in range(groups):
+            if groups == 1:
+                xi, bi, mi, ti, ai = inputs, baselines, masks, target, args
+            else:
+                sel = slice(g, g + 1)
+                xi = tuple(x[sel] for x in inputs)
+                bi = tuple(b[sel] for b in baselines)
+                mi = tuple(m[sel] if m.dim() == x.dim() and m.shape[0] == bsz else m for m, x in zip(masks, inputs))
+                ti = take_target(target, sel)
+                ai = take_args(args, sel)
+            c = LimeBase.attribute(
+                self,
+                xi if was_tuple else xi[0],
+                target=ti,
+                additional_forward_args=ai,
+                n_samples=n_samples,
+                perturbations_per_eval=per_eval,
+                baselines=bi if was_tuple else bi[0],
+                feature_mask=mi if was_tuple else mi[0],
+                num_interp_features=n_feat,
+            )
+            coefs.append(torch.as_tensor(c).reshape(-1))
+        return torch.stack(coefs)

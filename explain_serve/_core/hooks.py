@@ -162,9 +162,25 @@ class HookedMethod:
     Subclasses implement ``_install_hooks(session)``. ``_hooks()`` gives the scratch of an active
     session for one call: the reusable one when ``reusable()`` was called, else a temporary one
     that is removed when the call ends.
+
+    A method that wraps another hooked method (a layer or neuron method around DeepLift, say)
+    ``adopt``s it: the owner's ``_install_hooks`` installs the inner method's hooks into the
+    owner's session, and the inner method's ``_hooks()`` then shares the owner's active call
+    instead of registering its own hooks. One session per outer method, whatever it wraps.
     """
 
     _hook_session: Optional[HookSession] = None
+    _hook_owner: Optional["HookedMethod"] = None
+    _call: Optional[tuple] = None  # (thread id, scratch) while a call is in progress
+
+    def _current_scratch(self) -> Optional[Dict[Any, Any]]:
+        call = self._call
+        return call[1] if call is not None and call[0] == threading.get_ident() else None
+
+    def adopt(self, inner: "HookedMethod") -> "HookedMethod":
+        """Make ``inner`` run inside this method's hook session (see the class docstring)."""
+        inner._hook_owner = self
+        return inner
 
     def _install_hooks(self, session: HookSession) -> None:
         raise NotImplementedError
@@ -195,14 +211,31 @@ class HookedMethod:
 
     @contextmanager
     def _hooks(self) -> Iterator[Dict[Any, Any]]:
+        root = self
+        while root._hook_owner is not None:
+            root = root._hook_owner
+        scratch = root._current_scratch()
+        if root is not self and scratch is None:
+            raise RuntimeError(f"{type(self).__name__} is owned by {type(root).__name__}; call it through its owner")
+        if scratch is not None:  # inside the owner's (or our own) call: same hooks, same scratch
+            yield scratch
+            return
         if self._hook_session is not None:
             with self._hook_session.active() as scratch:
-                yield scratch
+                self._call = (threading.get_ident(), scratch)
+                try:
+                    yield scratch
+                finally:
+                    self._call = None
             return
         session = HookSession()
         try:
             self._install_hooks(session)
             with session.active() as scratch:
-                yield scratch
+                self._call = (threading.get_ident(), scratch)
+                try:
+                    yield scratch
+                finally:
+                    self._call = None
         finally:
             session.remove()

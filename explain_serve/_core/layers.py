@@ -5,11 +5,16 @@ live in the session's per-call scratch and are dropped when the call ends.
 """
 from __future__ import annotations
 
-from typing import Any, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
+from .gradients import check_scalar_per_example
 from .hooks import HookSession
+from .inputs import run_forward
+from .targets import TargetType
 
 
 def capture(session: HookSession, layer: nn.Module, to_input: bool = False, key: Any = None) -> Any:
@@ -33,3 +38,179 @@ def captured(scratch: dict, key: Any) -> Tuple[Tensor, ...]:
     if not calls:
         raise RuntimeError("the layer was not called in the forward pass; is it part of forward_func?")
     return calls[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Taps: the one mechanism behind layer and neuron methods. A tap on a layer is inert unless the
+# current call put a ``Tap`` plan under its key in the scratch; then it either *captures* the
+# layer's tensors (kept in the autograd graph; the forward continues on clones so in-place
+# modules downstream cannot alter them) or *substitutes* given values for them, so the layer
+# can be treated as the input of the rest of the model.
+# --------------------------------------------------------------------------------------------
+class Tap:
+    """Per-call plan of one tap: ``values`` to substitute (None: capture), what the layer produced."""
+
+    __slots__ = ("values", "clone", "seen")
+
+    def __init__(self, values: Optional[Tuple[Tensor, ...]] = None, clone: bool = False) -> None:
+        self.values = values
+        self.clone = clone
+        self.seen: List[Tuple[Tensor, ...]] = []
+
+
+def _tap_key(layer: nn.Module, to_input: bool) -> Any:
+    return ("tap", id(layer), bool(to_input))
+
+
+def tap(session: HookSession, layer: nn.Module, to_input: bool) -> Any:
+    """Register a tap on ``layer``'s output (or tensor inputs); returns its scratch key."""
+    key = _tap_key(layer, to_input)
+
+    def exchange(scratch, current: Tuple[Tensor, ...]) -> Optional[Tuple[Tensor, ...]]:
+        plan = scratch.get(key)
+        if plan is None:
+            return None
+        if plan.values is not None:
+            if len(plan.values) != len(current):
+                raise ValueError(f"layer has {len(current)} tensors, got {len(plan.values)} values to substitute")
+            plan.seen.append(plan.values)
+            return plan.values
+        plan.seen.append(current)
+        return tuple(t.clone() for t in current) if plan.clone else None
+
+    if to_input:
+        def pre(scratch, module, args):
+            new = exchange(scratch, tuple(a for a in args if isinstance(a, Tensor)))
+            if new is None:
+                return None
+            it = iter(new)
+            return tuple(next(it) if isinstance(a, Tensor) else a for a in args)
+        session.forward_pre_hook(layer, pre)
+    else:
+        def post(scratch, module, args, output):
+            new = exchange(scratch, output if isinstance(output, tuple) else (output,))
+            if new is None:
+                return None
+            return tuple(new) if isinstance(output, tuple) else new[0]
+        session.forward_hook(layer, post)
+    return key
+
+
+def tap_both(session: HookSession, layers: Sequence[nn.Module]) -> None:
+    """Taps on the outputs and inputs of every layer (the side is chosen per call)."""
+    for layer in layers:
+        for to_input in (False, True):
+            tap(session, layer, to_input)
+
+
+@contextmanager
+def tapped(scratch: dict, layers: Sequence[nn.Module], to_input: bool, values=None, clone: bool = False):
+    """Arm the taps of ``layers`` for the enclosed forward(s); yields the plans (one per layer).
+
+    ``values``: one tuple of tensors per layer to substitute, or None to capture.
+    """
+    keys = [_tap_key(layer, to_input) for layer in layers]
+    plans = [Tap(None if values is None else tuple(v), clone) for v in (values or [None] * len(keys))]
+    for key, plan in zip(keys, plans):
+        scratch[key] = plan
+    try:
+        yield plans
+    finally:
+        for key in keys:
+            scratch.pop(key, None)
+
+
+def seen(plan: Tap) -> Tuple[Tensor, ...]:
+    """The layer's tensors in the last call of the forward (as Captum keeps the last call)."""
+    if not plan.seen:
+        raise RuntimeError("the layer was not called in the forward pass; is it part of forward_func?")
+    return plan.seen[-1]
+
+
+def layer_eval(
+    scratch: dict,
+    layers: Sequence[nn.Module],
+    to_input: bool,
+    forward_func: Callable,
+    inputs: Sequence[Any],
+    target: TargetType = None,
+    args: Optional[Tuple[Any, ...]] = None,
+    with_grad: bool = False,
+) -> Tuple[Tensor, List[Tuple[Tensor, ...]]]:
+    """Run the forward and return (selected output, each layer's tensors).
+
+    With ``with_grad`` the layer tensors are graph nodes (gradients can be taken w.r.t. them).
+    """
+    with torch.set_grad_enabled(with_grad or torch.is_grad_enabled()):
+        with tapped(scratch, layers, to_input, clone=with_grad) as plans:
+            out = run_forward(forward_func, inputs, target, args)
+            acts = [seen(p) for p in plans]
+    return out, acts
+
+
+def layer_gradients(
+    scratch: dict,
+    layers: Sequence[nn.Module],
+    to_input: bool,
+    forward_func: Callable,
+    inputs: Sequence[Any],
+    target: TargetType = None,
+    args: Optional[Tuple[Any, ...]] = None,
+    grad_kwargs: Optional[dict] = None,
+) -> Tuple[List[Tuple[Tensor, ...]], List[Tuple[Tensor, ...]]]:
+    """Gradients of the selected output (summed over examples) w.r.t. each layer's tensors, and the tensors.
+
+    The one "gradient w.r.t. a layer" helper of the layer and neuron methods.
+    """
+    with torch.enable_grad():
+        out, acts = layer_eval(scratch, layers, to_input, forward_func, inputs, target, args, with_grad=True)
+        check_scalar_per_example(out)
+        flat = [t for a in acts for t in a]
+        grads = torch.autograd.grad(out.sum(), flat, **{"allow_unused": True, **(grad_kwargs or {})})
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)]
+    return _unflatten(grads, acts), [tuple(t.detach() for t in a) for a in acts]
+
+
+def _unflatten(flat: Sequence[Tensor], like: Sequence[Tuple[Tensor, ...]]) -> List[Tuple[Tensor, ...]]:
+    out, i = [], 0
+    for a in like:
+        out.append(tuple(flat[i:i + len(a)]))
+        i += len(a)
+    return out
+
+
+class LayerAsInput:
+    """``forward_func`` with the given layers' tensors as its leading arguments.
+
+    ``f(*layer_tensors, *inputs, *args)`` runs ``forward_func(*inputs, *args)`` with each layer's
+    output (or input) replaced by the given tensors: the primary methods then attribute to the
+    layer exactly as they attribute to inputs (layer integrated gradients, layer ablation).
+    ``sizes`` gives the number of tensors of each layer; the taps must be registered and active.
+    """
+
+    def __init__(self, scratch: dict, forward_func: Callable, layers: Sequence[nn.Module], to_input: bool, sizes: Sequence[int]):
+        self.scratch, self.forward_func, self.layers = scratch, forward_func, list(layers)
+        self.to_input, self.sizes = to_input, list(sizes)
+
+    def __call__(self, *xs):
+        n = sum(self.sizes)
+        values = _unflatten(list(xs[:n]), [(None,) * k for k in self.sizes])
+        # clones: the rest of the model may modify the layer's output in place
+        values = [tuple(v.clone() for v in vs) for vs in values]
+        with tapped(self.scratch, self.layers, self.to_input, values=values):
+            return self.forward_func(*xs[n:])
+
+
+def flatten_layers(per_layer: Sequence[Tuple[Tensor, ...]]) -> Tuple[Tuple[Tensor, ...], List[int]]:
+    """All layers' tensors in one tuple, and how many belong to each layer."""
+    return tuple(t for a in per_layer for t in a), [len(a) for a in per_layer]
+
+
+def unflatten_layers(flat: Sequence[Tensor], sizes: Sequence[int]) -> List[Tuple[Tensor, ...]]:
+    return _unflatten(list(flat), [(None,) * k for k in sizes])
+
+
+def format_layers(multiple_layers: bool, per_layer: Sequence[Tuple[Tensor, ...]]):
+    """Captum's layer output convention: per layer a tensor (one) or a tuple (several); a list for several layers."""
+    shaped = [a[0] if len(a) == 1 else tuple(a) for a in per_layer]
+    return list(shaped) if multiple_layers else shaped[0]

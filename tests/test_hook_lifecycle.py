@@ -1,0 +1,111 @@
+"""Nothing left behind: hooks and attributes of every module are unchanged after a call (successful
+or raising), a reusable hook session keeps its hook count constant over 100 calls and retains no
+tensors, and owned inner methods share their owner's session."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+
+import explain_serve.attr as ea
+from explain_serve._core.hooks import HookedMethod
+from tests.layer_models import table
+from tests.models import hook_state
+
+
+def _n_hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+# (class name, model, constructor builder(model, layer), attribute kwargs builder(inputs, args, target, sel))
+LIFECYCLE = [
+    ("LayerIntegratedGradients", "text", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, additional_forward_args=a, n_steps=4)),
+    ("LayerIntegratedGradients", "cnn", lambda m, l: (m, [l]), lambda x, a, t, s: dict(target=t, n_steps=4)),
+]
+
+
+def _available(cases):
+    out = []
+    for case in cases:
+        try:
+            getattr(ea, case[0])
+        except (AttributeError, ImportError):
+            continue
+        out.append(case)
+    return out
+
+
+def _ids(cases):
+    return [f"{c[0]}-{c[1]}" for c in cases]
+
+
+@pytest.mark.parametrize("case", _available(LIFECYCLE), ids=_ids(_available(LIFECYCLE)))
+def test_model_unchanged_after_success_and_error(case):
+    cls_name, name, ctor, kw = case
+    model, inputs, args, layer, sel, target = table(name)
+    before = hook_state(model)
+    method = getattr(ea, cls_name)(*ctor(model, layer))
+    method.attribute(inputs[0], **kw(inputs, args, target, sel))
+    assert hook_state(model) == before
+    with pytest.raises(Exception):
+        method.attribute(inputs[0], **{**kw(inputs, args, target, sel), "target": (99, 99, 99)})
+    assert hook_state(model) == before
+
+
+@pytest.mark.parametrize("case", _available(LIFECYCLE), ids=_ids(_available(LIFECYCLE)))
+def test_reusable_session_constant_hooks_no_retained_tensors(case):
+    cls_name, name, ctor, kw = case
+    model, inputs, args, layer, sel, target = table(name)
+    before = hook_state(model)
+    method = getattr(ea, cls_name)(*ctor(model, layer))
+    reference = method.attribute(inputs[0], **kw(inputs, args, target, sel))
+    with method.reusable() as m:
+        registered = _n_hooks(model)
+        assert registered > 0
+        for i in range(100):
+            x = inputs[0].clone()
+            ref = weakref.ref(x)
+            out = m.attribute(x, **kw(inputs, args, target, sel))
+            del x
+            if i % 25 == 0:
+                gc.collect()
+                assert ref() is None, "the call retained its input"
+            assert _n_hooks(model) == registered
+            assert m._hook_session.scratch == {}
+        for a, b in zip(out if isinstance(out, list) else [out], reference if isinstance(reference, list) else [reference]):
+            assert torch.allclose(a, b, atol=1e-12)
+        with pytest.raises(Exception):
+            m.attribute(inputs[0], **{**kw(inputs, args, target, sel), "target": (99, 99, 99)})
+        assert m._hook_session.scratch == {} and _n_hooks(model) == registered
+    assert hook_state(model) == before
+
+
+def test_owned_method_shares_owner_session():
+    class Inner(HookedMethod):
+        installs = 0
+
+        def _install_hooks(self, session):
+            Inner.installs += 1
+
+        def run(self):
+            with self._hooks() as scratch:
+                return scratch
+
+    class Outer(HookedMethod):
+        def __init__(self):
+            self.inner = self.adopt(Inner())
+
+        def _install_hooks(self, session):
+            self.inner._install_hooks(session)
+
+        def run(self):
+            with self._hooks() as scratch:
+                scratch["x"] = 1
+                return self.inner.run() is scratch
+
+    outer = Outer()
+    assert outer.run() and Inner.installs == 1
+    with pytest.raises(RuntimeError):
+        outer.inner.run()  # an owned method cannot be called on its own

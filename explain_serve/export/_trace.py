@@ -1,0 +1,129 @@
+"""Trace a torch function (forward and backward) into an aten graph and export it to ONNX.
+
+``make_fx`` in symbolic mode records every aten operator the function runs, including the ones
+autograd runs for ``torch.autograd.grad``; backward operators are rewritten on the way by
+``backward_ops``. The batch size stays symbolic: operators whose sizes depend on it are turned back
+into tensor methods so that the TorchScript-based ONNX exporter records their sizes as graph values
+(a dynamic batch axis) rather than as the constants seen while tracing.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from .backward_ops import decompositions
+
+DEFAULT_OPSET = 17
+_EXAMPLE_BATCHES = (13, 11, 17, 19, 23, 29, 31, 37)
+
+
+def example_batch_size(*tensors: Tensor, avoid: Sequence[int] = ()) -> int:
+    """A batch size equal to no other size seen while tracing (symbolic tracing unifies equal sizes)."""
+    seen = set(avoid)
+    for t in tensors:
+        seen.update(int(s) for s in t.shape[1:])
+    for b in _EXAMPLE_BATCHES:
+        if b not in seen:
+            return b
+    raise ValueError("could not choose an example batch size distinct from the input sizes")
+
+
+def _is_size(arg) -> bool:
+    if isinstance(arg, torch.fx.Node):
+        value = arg.meta.get("val")
+        return isinstance(value, (torch.SymInt, int)) and not isinstance(value, bool)
+    if isinstance(arg, (list, tuple)):
+        return any(_is_size(a) for a in arg)
+    return False
+
+
+_RENAMED = {"view": "reshape", "_unsafe_view": "reshape"}
+_DROPPED_KWARGS = ("pin_memory", "layout", "memory_format")
+
+
+def _slice(x: Tensor, dim: int = 0, start=None, end=None, step: int = 1) -> Tensor:
+    """``aten.slice`` as Python indexing, which the tracer records with dynamic bounds."""
+    if isinstance(end, int) and end >= 2**62:
+        end = None
+    index = (slice(None),) * (dim % x.dim()) + (slice(start, end, step),)
+    return x[index]
+
+
+def _dynamic_sizes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Rewrite size-carrying aten calls as tensor methods (see the module docstring)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in (torch.ops.aten.lift_fresh_copy.default, torch.ops.aten.lift_fresh.default):
+            node.replace_all_uses_with(node.args[0])  # constants made by torch.tensor(...)
+            gm.graph.erase_node(node)
+            continue
+        if node.target is torch.ops.aten._to_copy.default:  # dtype casts: no exporter entry for _to_copy
+            dtype = node.kwargs.get("dtype")
+            node.op, node.target = "call_method", "to"
+            node.kwargs = {"dtype": dtype} if dtype is not None else {}
+            continue
+        if node.target is torch.ops.aten.sym_size.int:
+            node.op, node.target = "call_method", "size"
+            continue
+        if not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if not any(_is_size(a) for a in list(node.args) + list(node.kwargs.values())):
+            continue
+        name = node.target.overloadpacket.__name__
+        name = _RENAMED.get(name, name)
+        if name == "slice":
+            node.target = _slice
+            continue
+        if not hasattr(Tensor, name) or not isinstance(node.args[0], torch.fx.Node):
+            raise NotImplementedError(f"{node.target} with a batch-dependent size")
+        node.op, node.target = "call_method", name
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k not in _DROPPED_KWARGS}
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def trace(fn: Callable, example_args: Sequence[Tensor], extra_decompositions: Optional[Dict] = None):
+    """``fn`` as an aten-level ``GraphModule`` with a symbolic batch axis and no backward operators."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(
+        fn,
+        decomposition_table=decompositions(extra_decompositions),
+        tracing_mode="symbolic",
+        _allow_non_fake_inputs=True,
+    )(*example_args)
+    gm.graph.eliminate_dead_code()
+    return _dynamic_sizes(gm)
+
+
+def to_onnx(
+    module: torch.nn.Module,
+    example_args: Sequence[Tensor],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset: int = DEFAULT_OPSET,
+    dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None,
+) -> bytes:
+    """ONNX bytes of ``module`` (TorchScript-based exporter); default: axis 0 of every tensor dynamic."""
+    axes = dynamic_axes or {name: {0: "batch"} for name in list(input_names) + list(output_names)}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            tuple(example_args),
+            buffer,
+            dynamo=False,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()

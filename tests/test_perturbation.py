@@ -151,8 +151,6 @@ def test_chunked_equals_unchunked(method, case):
     extra = {"KernelShap": {"n_samples": 40}, "Lime": {"n_samples": 40},
              "ShapleyValueSampling": {"n_samples": 5}}.get(method, {})
     model, inputs, kw = _case(case, method)
-    if method in ("KernelShap", "Lime") and "feature_mask" in kw and kw["feature_mask"] is not None:
-        pass
     ref = _run(ours, extra, model, inputs, kw, seed=3)
     for k in (1, 3):
         _close(_run(ours, dict(extra, perturbations_per_eval=k), model, inputs, kw, seed=3), ref, 1e-10)
@@ -365,6 +363,30 @@ def test_kernel_shap_linear_is_exact():
     _close(coefs, torch.stack([wx[:, :2].sum(1), wx[:, 2:4].sum(1), wx[:, 4]], 1), 1e-8)
 
 
+def test_kernel_shap_per_example_masks_and_tuple_inputs():
+    torch.manual_seed(0)
+    mask = torch.tensor([[0, 0, 1, 1, 2], [2, 1, 0, 1, 0], [0, 1, 2, 2, 2]])
+    a = KernelShap(linear).attribute(X, baselines=B, feature_mask=mask, n_samples=30)
+    wx = W * (X - B)
+    ref = torch.stack([torch.stack([wx[e][mask[e] == mask[e, p]].sum() for p in range(5)]) for e in range(3)])
+    _close(a, ref, 1e-8)
+    # tuple in -> tuple out, a group spanning both inputs, additional args
+    f = lambda a, b, c: a @ W[:3] + b @ W[3:] + c  # noqa: E731
+    xa, xb = X[:, :3], X[:, 3:]
+    out = KernelShap(f).attribute((xa, xb), baselines=(B[:3], B[3:]), additional_forward_args=(0.5,),
+                                  feature_mask=(torch.tensor([[0, 1, 2]]), torch.tensor([[2, 3]])), n_samples=40)
+    assert isinstance(out, tuple) and out[0].shape == xa.shape and out[1].shape == xb.shape
+    _close(out[0][:, :2], wx[:, :2], 1e-8)
+    _close(out[0][:, 2], wx[:, 2] + wx[:, 3], 1e-8)
+    _close(out[1][:, 1], wx[:, 4], 1e-8)
+
+
+def test_feature_permutation_custom_perm_func():
+    rev = lambda x, m: torch.where(m, x.flip(0), x)  # noqa: E731
+    a = FeaturePermutation(linear, perm_func=rev).attribute(X, perturbations_per_eval=2)
+    _close(a, W * (X - X.flip(0)), 1e-12)
+
+
 def test_lime_recovers_linear_coefficients():
     torch.manual_seed(0)
     a = Lime(linear).attribute(X, baselines=B, n_samples=400)
@@ -410,6 +432,19 @@ def test_limebase_with_to_interp_transform():
     torch.manual_seed(0)
     coefs = lb.attribute(x, n_samples=40)
     _close(coefs, W * (x - B), 1e-8)
+
+
+def test_limebase_generator_sampler_stops_early():
+    def gen(inp, **kw):
+        for code in range(1, 20):  # 19 distinct coalitions, fewer than n_samples
+            z = torch.tensor([[(code >> i) & 1 for i in range(5)]])
+            yield z
+
+    lb = LimeBase(linear, InterpretableLinearModel(), lambda *a, **k: 1.0, gen, True,
+                  lambda z, inp, **kw: torch.where(z.bool(), inp, B), None)
+    with pytest.warns(UserWarning, match="Generator completed"):
+        coefs = lb.attribute(X[:1], n_samples=50)
+    _close(coefs, W * (X[:1] - B), 1e-8)
 
 
 def test_exp_kernel_matches_captum_and_batched():

@@ -133,7 +133,7 @@ def cancer_data() -> Tuple[np.ndarray, np.ndarray, List[str], List[str]]:
     from sklearn.datasets import load_breast_cancer
 
     d = load_breast_cancer()
-    return d.data.astype(np.float32), d.target.astype(np.int64), list(d.feature_names), list(d.target_names)
+    return d.data.astype(np.float32), d.target.astype(np.int64), [str(f) for f in d.feature_names], [str(t) for t in d.target_names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,3 +267,18 @@ def load_example_model(name: str, build_dir: Path) -> nn.Module:
     model = cls(**kwargs)
     model.load_state_dict(state)
     return model.eval()
+
+
+def build_examples(model_store: Path, names: Sequence[str] = EXAMPLES, seed: int = 0) -> Dict[str, Path]:
+    """Train and archive the examples into ``model_store`` (NAME.mar; sources under model_store/build/)."""
+    from .serving.archive import archive
+
+    model_store = Path(model_store)
+    out = {}
+    for name in names:
+        build_dir = model_store / "build" / name
+        trained = build_example(name, build_dir, seed=seed)
+        files = trained["files"]
+        out[name] = archive(name, files["weights"], trained["config"]["kind"], model_store, config=files["config"],
+                            reference_data=files.get("reference"), extra_files=files.get("extra", ()))
+    return out

@@ -1,0 +1,374 @@
+"""The logic behind the TorchServe handlers: one ``ExplainService`` per loaded model.
+
+Loading (once): the model, its explain config, the named baselines, and one instance of every
+allowed method (hooks of hooked methods registered here and reused by every request; inert between
+requests, so predictions are unaffected).
+
+Per server-side batch (``handle``): every item is read on its own (its explain flag, target, method
+and parameters); a bad item gets its own 4xx and the rest go on; all valid items are predicted in
+one forward per input shape; explanations with the same method, parameters and input shape are
+computed as one batch with per-item targets; answers are compact JSON strings.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import encode
+from .baselines import PRECOMPUTED_NAME, Baselines
+from .config import CONFIG_NAME, ConfigError, labels, load_file, max_response_bytes, normalize
+from .errors import ServeError, bad, too_large
+from .methods import METHODS, MethodSpec, build, occlusion_windows, resolve_class, seed_everything
+from .requests import Item, Parser, is_true, read_body
+
+logger = logging.getLogger(__name__)
+MAX_RESPONSE_ENV = "EXPLAIN_SERVE_MAX_RESPONSE_SIZE"
+Result = Tuple[int, str]
+
+
+def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path], model_file: Optional[str]) -> nn.Module:
+    """An eager model (class + state dict) or a TorchScript file, in eval mode on CPU."""
+    spec = cfg.get("model") or {}
+    cls_path = spec.get("class")
+    if not cls_path:
+        if serialized is None:
+            raise ConfigError("no serialized model file in the archive")
+        return torch.jit.load(str(serialized), map_location="cpu").eval()
+    if ":" in cls_path:
+        module_name, cls_name = cls_path.split(":", 1)
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    else:
+        file = model_dir / (spec.get("file") or model_file or "")
+        if not file.is_file():
+            raise ConfigError(f"model class {cls_path!r} needs the model file (got {file})")
+        mod_name = "explain_serve_user_model_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
+        mspec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(mspec)
+        mspec.loader.exec_module(module)
+        cls = getattr(module, cls_path)
+    model = cls(**(spec.get("kwargs") or {}))
+    if serialized is not None:
+        state = torch.load(str(serialized), map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    return model.eval()
+
+
+class ExplainService:
+    """Predictions and explanations for one model; see the module docstring."""
+
+    def __init__(self, model_dir: os.PathLike, serialized_file: Optional[str] = None, model_name: str = "model",
+                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.model_name, self.version = model_name, str(version)
+        serialized = self.model_dir / serialized_file if serialized_file else None
+        raw = load_file(self.model_dir / CONFIG_NAME)
+        if kind is not None and raw.get("kind", kind) != kind:
+            raise ConfigError(f"this handler serves {kind} models; the config says {raw.get('kind')}")
+        raw.setdefault("kind", kind)
+        npz = self.model_dir / PRECOMPUTED_NAME
+        precomputed = dict(np.load(npz)) if npz.is_file() else {}
+        torchscript = not (raw.get("model") or {}).get("class")
+        self.cfg = normalize(raw, has_reference=bool(precomputed), torchscript=torchscript)
+        self.kind = self.cfg["kind"]
+        self.model = load_model(self.model_dir, self.cfg, serialized, model_file)
+        self.vocab = None
+        if self.kind == "text":
+            self.vocab = json.loads((self.model_dir / self.cfg["input"]["text"]["vocab"]).read_text())
+        self.baselines = Baselines(self.cfg, precomputed)
+        self.n_classes = self._probe()
+        self.labels = labels(self.cfg, self.n_classes)
+        self.parser = Parser(self.cfg, self.n_classes, self.vocab)
+        self.layer = self.model.get_submodule(self.cfg["explain"]["layer"]) if self.cfg["explain"]["layer"] else None
+        self.server_limit = int(os.environ[MAX_RESPONSE_ENV]) if os.environ.get(MAX_RESPONSE_ENV) else None
+        self.response_limit = max_response_bytes(self.cfg, self.server_limit)
+        self.methods: Dict[str, Any] = {}
+        self.unavailable: Dict[str, ServeError] = {}
+        for name in self.cfg["explain"]["methods"]:
+            try:
+                if name == "noise_tunnel":
+                    nt_cls = resolve_class(METHODS[name])
+                    self.methods[name] = {base: nt_cls(build(METHODS[base], self.model, None))
+                                          for base in METHODS[name].param("base").choices}
+                else:
+                    self.methods[name] = build(METHODS[name], self.model, self.layer)
+            except ServeError as exc:
+                logger.warning("model %s: %s", model_name, exc.message)
+                self.unavailable[name] = exc
+        logger.info("model %s (%s) loaded: %d classes, methods %s, response limit %d bytes", model_name, self.kind,
+                    self.n_classes, ", ".join(self.methods), self.response_limit)
+
+    @classmethod
+    def from_context(cls, context, kind: Optional[str] = None) -> "ExplainService":
+        """Build from a TorchServe worker context (model_dir and manifest)."""
+        manifest = context.manifest or {}
+        model = manifest.get("model", {})
+        return cls(context.system_properties.get("model_dir"), model.get("serializedFile"),
+                   model.get("modelName", getattr(context, "model_name", "model")), model.get("modelVersion", "1.0"),
+                   model.get("modelFile"), kind)
+
+    def close(self) -> None:
+        """Remove the hooks registered at load."""
+        for inst in self.methods.values():
+            for m in (inst.values() if isinstance(inst, dict) else [inst]):
+                if hasattr(m, "close"):
+                    m.close()
+
+    def _probe(self) -> int:
+        shape = self.cfg["input"]["shape"]
+        if self.kind == "text":
+            x = torch.full((1, 1), int(self.cfg["input"]["text"]["unk_id"]), dtype=torch.long)
+        else:
+            x = torch.zeros(1, *shape)
+        with torch.no_grad():
+            out = self.model(x)
+        if not isinstance(out, Tensor) or out.dim() != 2:
+            raise ConfigError(f"the model must return (batch, classes); got {getattr(out, 'shape', type(out))}")
+        return int(out.shape[1])
+
+    # -- TorchServe entry ------------------------------------------------------------------------
+    def handle_context(self, data: List[Dict[str, Any]], context) -> List[str]:
+        """Read per-index explain flags and content types from ``context``; set per-index statuses."""
+        flags, ctypes = [], []
+        for i, row in enumerate(data):
+            header = context.get_request_header(i, "explain")
+            grpc_flag = row.get("explain") if isinstance(row, dict) else None
+            flags.append(is_true(header) if header is not None else (grpc_flag is not None and is_true(grpc_flag)))
+            part = context.get_request_header(i, "body") or context.get_request_header(i, "data")
+            ctypes.append(part.get("content-type") if isinstance(part, dict) else None)
+        results = self.handle(data, flags, ctypes)
+        out = []
+        for i, (code, text) in enumerate(results):
+            context.set_response_content_type(i, "application/json")
+            if code != 200:
+                context.set_response_status(code, ServeError.TYPES.get(code, "Error"), i)
+            out.append(text)
+        return out
+
+    # -- the batch -------------------------------------------------------------------------------
+    def handle(self, rows: Sequence[Any], explain: Sequence[bool], content_types: Optional[Sequence[Optional[str]]] = None) -> List[Result]:
+        """One answer ``(status, json)`` per row, in order."""
+        n = len(rows)
+        content_types = content_types or [None] * n
+        results: List[Optional[Result]] = [None] * n
+        items: List[Item] = []
+        for i, row in enumerate(rows):
+            try:
+                items.append(self.parser.parse(i, read_body(row, content_types[i], self.kind), bool(explain[i])))
+            except ServeError as exc:
+                results[i] = (exc.code, exc.to_json())
+        predictions = self._predict(items, results)
+        groups: Dict[Any, List[Item]] = {}
+        for it in items:
+            if results[it.index] is not None:
+                continue
+            if not it.explain:
+                results[it.index] = (200, encode.dumps(self._head(predictions[it.index])))
+                continue
+            try:
+                self._check_size(it)
+                if it.method in self.unavailable:
+                    raise self.unavailable[it.method]
+                it.target = predictions[it.index]["index"] if it.target == "predicted" else it.target
+                groups.setdefault(self._group_key(it), []).append(it)
+            except ServeError as exc:
+                results[it.index] = (exc.code, exc.to_json())
+        for members in groups.values():
+            self._explain_group(members, predictions, results)
+        return [r if r is not None else (500, ServeError("no answer", 500).to_json()) for r in results]
+
+    def _head(self, pred: Dict[str, Any]) -> Dict[str, Any]:
+        return {"model": self.model_name, "version": self.version, "prediction": pred}
+
+    # -- predictions -----------------------------------------------------------------------------
+    def _batch(self, members: Sequence[Item]) -> Tensor:
+        if self.kind == "text":
+            width = max(m.x.shape[0] for m in members)
+            pad = int(self.cfg["input"]["text"]["pad_id"])
+            return torch.stack([F.pad(m.x, (0, width - m.x.shape[0]), value=pad) for m in members])
+        return torch.stack([m.x for m in members])
+
+    def _predict(self, items: List[Item], results: List[Optional[Result]]) -> Dict[int, Dict[str, Any]]:
+        by_shape: Dict[Any, List[Item]] = {}
+        for it in items:
+            by_shape.setdefault(None if self.kind == "text" else tuple(it.x.shape), []).append(it)
+        out: Dict[int, Dict[str, Any]] = {}
+        for members in by_shape.values():
+            try:
+                probs = self._probabilities(self._batch(members))
+            except Exception:  # find the item(s) the model cannot run on
+                if len(members) == 1:
+                    logger.exception("forward failed")
+                    results[members[0].index] = (400, bad("the model could not run on this input; check its shape and values", "inputs").to_json())
+                    continue
+                for m in members:
+                    out.update(self._predict([m], results))
+                continue
+            for m, p in zip(members, probs):
+                k = int(p.argmax())
+                out[m.index] = {"index": k, "label": self.labels[k], "probabilities": encode.floats(p)}
+        return out
+
+    def _probabilities(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            y = self.model(x)
+        return torch.softmax(y.float(), dim=1) if self.cfg["output"] == "logits" else y.float()
+
+    # -- explanations ----------------------------------------------------------------------------
+    def _check_size(self, it: Item) -> None:
+        hw = tuple(it.x.shape[-2:]) if it.heatmap else None
+        feature_chars = sum(len(n) + 4 for n in self.cfg["input"]["features"]) if self.kind == "tabular" else 0
+        tokens = sum(len(t) for t in it.tokens) if it.tokens else 0
+        est = encode.estimate_bytes(it.x.numel(), self.n_classes, hw, n_tokens=it.x.numel() + tokens,
+                                    feature_chars=feature_chars) if self.kind == "text" else \
+            encode.estimate_bytes(it.x.numel(), self.n_classes, hw, feature_chars=feature_chars)
+        if est > self.response_limit:
+            raise too_large(f"the explanation of this input would be up to {est} bytes, over the response limit of "
+                            f"{self.response_limit} bytes (server max_response_size); send a smaller input"
+                            + (" or leave out the heat map" if it.heatmap else ""), "inputs")
+
+    def _group_key(self, it: Item) -> Any:
+        spec = METHODS[it.method]
+        shape = None if self.kind == "text" else tuple(it.x.shape)
+        alone = spec.per_item or (spec.distribution and it.params.get("baselines") == "blur")
+        return (it.method, json.dumps(it.params, sort_keys=True), shape, it.index if alone else None)
+
+    def _explain_group(self, members: List[Item], predictions, results: List[Optional[Result]]) -> None:
+        try:
+            answers = self._compute(members)
+        except ServeError as exc:
+            for m in members:
+                results[m.index] = (exc.code, exc.to_json())
+            return
+        except Exception as exc:
+            if len(members) > 1:  # isolate the item the method cannot handle
+                for m in members:
+                    self._explain_group([m], predictions, results)
+                return
+            logger.exception("explanation failed")
+            err = bad(f"{members[0].method} failed on this input: {exc}")
+            results[members[0].index] = (err.code, err.to_json())
+            return
+        for m, ans in zip(members, answers):
+            body = self._head(predictions[m.index])
+            body.update(ans)
+            results[m.index] = (200, encode.dumps(body))
+
+    def _compute(self, members: List[Item]) -> List[Dict[str, Any]]:
+        spec = METHODS[members[0].method]
+        params = dict(members[0].params)
+        x = self._batch(members)
+        targets = [int(m.target) for m in members]
+        start = time.perf_counter()
+        kwargs, echo, baseline_used = self._kwargs(spec, params, x)
+        if spec.random:
+            seed_everything(int(params.get("seed") or 0))
+        if spec.name == "noise_tunnel":
+            method = self.methods[spec.name][params["base"]]
+        else:
+            method = self.methods[spec.name]
+        if spec.per_item and x.shape[0] > 1:
+            raise AssertionError("per-item methods are grouped alone")
+        out = method.attribute(x, target=targets, **kwargs)
+        attr, delta = (out if kwargs.get("return_convergence_delta") else (out, None))
+        attr = self._to_input_shape(spec, attr, x)
+        elapsed = (time.perf_counter() - start) * 1000
+        deltas = delta.detach().reshape(len(members), -1).double().mean(1) if delta is not None else None
+        answers = []
+        for i, m in enumerate(members):
+            a = attr[i]
+            if self.kind == "text":
+                a = a[: m.x.shape[0]]
+            ans = {"method": spec.name, "params": echo, "target": targets[i], "attributions": encode.floats(a),
+                   "shape": list(a.shape), "convergence_delta": encode.floats(deltas[i]) if deltas is not None else None,
+                   "baseline": baseline_used, "elapsed_ms": round(elapsed, 3)}
+            if self.kind == "text":
+                scores = ans["attributions"]
+                ans["tokens"] = [{"token": t, "score": s} for t, s in zip(m.tokens, scores)]
+            elif self.kind == "tabular":
+                ans["features"] = dict(zip(self.cfg["input"]["features"], ans["attributions"]))
+            if m.heatmap:
+                ans["heatmap"] = encode.heatmap_png(a)
+            answers.append(ans)
+        return answers
+
+    def _kwargs(self, spec: MethodSpec, params: Dict[str, Any], x: Tensor):
+        """The core's ``attribute`` arguments for ``params``, the echoed params and the baseline used."""
+        echo = dict(params)
+        kw: Dict[str, Any] = {}
+        baseline_used = None
+        if "baselines" in params:
+            choice = params["baselines"] if params["baselines"] is not None else self.baselines.default
+            baseline_used = choice
+            echo["baselines"] = choice
+            kw["baselines"] = self.baselines.resolve(choice, x, spec.distribution)
+        name = spec.name
+        per_example = x[0].numel()
+        limits = self.cfg["explain"]["limits"]
+        if name in ("integrated_gradients", "layer_integrated_gradients"):
+            kw.update(n_steps=params["n_steps"], method=params["method"], return_convergence_delta=True)
+        elif name in ("deep_lift", "deep_lift_shap"):
+            kw.update(return_convergence_delta=True)
+        elif name == "gradient_shap":
+            kw.update(n_samples=params["n_samples"], stdevs=params["stdevs"], return_convergence_delta=True)
+        elif name == "saliency":
+            kw.update(abs=params["abs"])
+        elif name == "layer_grad_cam":
+            kw.update(relu_attributions=params["relu_attributions"])
+        elif name == "noise_tunnel":
+            kw.update(nt_type=params["nt_type"], nt_samples=params["nt_samples"], stdevs=params["stdevs"])
+            if params["base"] == "integrated_gradients":
+                kw.update(n_steps=params["n_steps"])
+        elif name == "occlusion":
+            dims = list(x.shape[1:])
+            window = params.get("sliding_window_shapes")
+            if window is None:
+                window = [dims[0]] + [max(1, -(-d // 8)) for d in dims[1:]] if self.kind == "image" else [1] * len(dims)
+            if self.kind == "image" and len(window) == len(dims) - 1:
+                window = [dims[0]] + list(window)
+            strides = params.get("strides") or list(window)
+            if self.kind == "image" and len(strides) == len(dims) - 1:
+                strides = [1] + list(strides)
+            if len(window) != len(dims) or len(strides) != len(dims):
+                raise bad(f"sliding_window_shapes and strides need {len(dims)} numbers for inputs of shape {dims}", "params")
+            if any(w > d for w, d in zip(window, dims)):
+                raise bad(f"sliding_window_shapes {window} is larger than the input {dims}", "params.sliding_window_shapes")
+            evals = occlusion_windows(dims, window, strides)
+            if evals > limits["max_evaluations"]:
+                raise bad(f"occlusion with window {window} and strides {strides} needs {evals} forward passes per item, "
+                          f"over this model's limit {limits['max_evaluations']}; use larger strides or windows", "params.strides")
+            kw.update(sliding_window_shapes=tuple(window), strides=tuple(strides))
+            echo.update(sliding_window_shapes=window, strides=strides)
+        elif name in ("feature_ablation", "shapley_value_sampling"):
+            evals = per_example * (params.get("n_samples") or 1)
+            if evals > limits["max_evaluations"]:
+                raise bad(f"{name} needs {evals} forward passes per item here, over this model's limit "
+                          f"{limits['max_evaluations']}; use occlusion with larger windows", "params")
+            if name == "shapley_value_sampling":
+                kw.update(n_samples=params["n_samples"])
+        elif name in ("kernel_shap", "lime"):
+            kw.update(n_samples=params["n_samples"])
+        return kw, echo, baseline_used
+
+    def _to_input_shape(self, spec: MethodSpec, attr: Tensor, x: Tensor) -> Tensor:
+        attr = attr.detach()
+        if spec.name == "layer_grad_cam":
+            attr = F.interpolate(attr, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+            return attr.expand(-1, x.shape[1], -1, -1) if attr.shape[1] == 1 else attr
+        if spec.layer and attr.shape != x.shape:  # layer attributions of tokens: one score per token
+            return attr.reshape(*x.shape, -1).sum(-1)
+        return attr

@@ -22,7 +22,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from .._core.batching import budget_units
 from .._core.inputs import (
     as_tuple,
     format_args,
@@ -272,8 +271,8 @@ class LimeBase(PerturbationAttribution):
             y = torch.cat(outs, 0).reshape(-1)
             if y.numel() != n:
                 raise AssertionError("Number of outputs is not appropriate, must return one output per perturbed input")
-            x = torch.cat(interps, 0)
-            w = torch.cat(sims, 0)
+            x = torch.cat(interps, 0).to(y.device)
+            w = torch.cat(sims, 0).to(y.device)
         self._fit(x.unsqueeze(0), y.unsqueeze(0), w.unsqueeze(0))
         return self.interpretable_model.representation()
 

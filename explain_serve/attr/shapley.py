@@ -67,7 +67,6 @@ class ShapleyValueSampling(PerturbationAttribution):
         masks = _format_masks(feature_mask, inputs)
         num_examples = inputs[0].shape[0]
         n_feat = int(max(int(m.max()) for m in masks if m.numel())) + 1
-        device = inputs[0].device
 
         with torch.no_grad():
             initial = _forward_tensor(self.forward_func, baselines, target, args)  # v(empty)

@@ -6,168 +6,34 @@ arbitrary groups). All perturbed copies of a chunk are built at once with broadc
 evaluated in one forward; the chunk size defaults to what fits in the memory budget
 (``_core.batching.budget_units``) instead of Captum's one perturbation per forward.
 
-This module also holds the small engine shared by the perturbation methods (``shapley``,
-``occlusion``, ``feature_permutation``, ``lime``): mask formatting, chunked evaluation of
-perturbations with the aggregate-output fallback, and the mapping of per-feature values back to
-input positions.
+The engine shared with the other perturbation methods lives in ``_core.perturbation``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from .._core.batching import budget_units, chunks
 from .._core.inputs import (
     as_tuple,
-    expand_args,
     format_args,
     format_baselines,
     format_output,
     is_tuple,
-    run_forward,
     tensorize_baselines,
 )
-from .._core.targets import TargetType, expand_target
+from .._core.targets import TargetType
+from .._core.perturbation import (
+    ablate_with_masks,
+    check_per_eval,
+    evaluate_chunks,
+    format_masks,
+    forward_tensor,
+    is_aggregate,
+    values_to_inputs,
+)
 from ._base import PerturbationAttribution
-
-
-# --------------------------------------------------------------------------------------------
-# shared engine
-# --------------------------------------------------------------------------------------------
-def _forward_tensor(forward_func: Callable, inputs, target, args) -> Tensor:
-    """``run_forward`` without gradients, python scalars turned into tensors."""
-    with torch.no_grad():
-        out = run_forward(forward_func, inputs, target, args)
-    if not isinstance(out, Tensor):  # pragma: no cover - run_forward already tensorizes
-        out = torch.as_tensor(out)
-    return out.detach()
-
-
-def _check_per_eval(perturbations_per_eval: Optional[int]) -> None:
-    if perturbations_per_eval is not None and (
-        not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1
-    ):
-        raise ValueError("perturbations_per_eval must be None or an integer >= 1")
-
-
-def _is_aggregate(output: Tensor, num_examples: int) -> bool:
-    """Captum's rule: the forward returns one value for the whole batch (not one per example)."""
-    return output.dim() == 0 or (num_examples > 1 and output.numel() == 1)
-
-
-def _format_masks(feature_mask: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    """Feature masks as integer tensors of shape ``(1 or batch, *input.shape[1:])``.
-
-    None gives every scalar its own feature, numbered consecutively across the inputs (Captum's
-    default). Masks broadcastable to the inputs are expanded (views, no copies).
-    """
-    if feature_mask is None:
-        masks, offset = [], 0
-        for x in inputs:
-            n = x[0:1].numel()
-            masks.append(offset + torch.arange(n, device=x.device).reshape((1,) + tuple(x.shape[1:])))
-            offset += n
-        return tuple(masks)
-    masks = as_tuple(feature_mask)
-    if len(masks) != len(inputs):
-        raise ValueError(f"got {len(masks)} feature masks for {len(inputs)} inputs")
-    out = []
-    for m, x in zip(masks, inputs):
-        m = torch.as_tensor(m, device=x.device)
-        if m.dim() > x.dim():
-            raise ValueError(f"feature mask of shape {tuple(m.shape)} has more dims than input {tuple(x.shape)}")
-        m = m.reshape((1,) * (x.dim() - m.dim()) + tuple(m.shape))
-        if m.shape[0] not in (1, x.shape[0]):
-            raise ValueError(f"feature mask batch size {m.shape[0]} must be 1 or {x.shape[0]}")
-        try:
-            m = m.expand((m.shape[0],) + tuple(x.shape[1:]))
-        except RuntimeError as e:
-            raise ValueError(f"feature mask of shape {tuple(m.shape)} does not broadcast to {tuple(x.shape)}") from e
-        out.append(m.long() if m.dtype != torch.long else m)
-    return tuple(out)
-
-
-def _evaluate_chunks(
-    forward_func: Callable,
-    build: Callable[[slice], Tuple[Tensor, ...]],
-    n_units: int,
-    per_eval: Optional[int],
-    unit_shape: torch.Size,
-    target: TargetType,
-    args: Optional[Tuple[Any, ...]],
-    inputs: Sequence[Tensor],
-) -> Iterator[Tuple[slice, Tensor]]:
-    """Evaluate ``n_units`` perturbations, yielding ``(slice, outputs of shape (n, *unit_shape))``.
-
-    ``build(sl)`` returns the perturbed inputs of units ``sl`` stacked unit after unit (each unit
-    a full copy of the batch, as ``expand_target``/``expand_args`` expect). ``per_eval=None``
-    fits as many units per forward as the memory budget allows. If the forward turns out to
-    aggregate over the batch (its output does not grow with the batch), the automatic mode falls
-    back to one unit per forward; an explicit ``perturbations_per_eval > 1`` is an error then,
-    as in Captum.
-    """
-    auto = per_eval is None
-    if auto:
-        per_eval = budget_units(inputs)
-    unit_numel = 1
-    for d in unit_shape:
-        unit_numel *= d
-    rows = unit_shape[0] if len(unit_shape) else None
-    sl_iter = list(chunks(n_units, per_eval))
-    i = 0
-    while i < len(sl_iter):
-        sl = sl_iter[i]
-        n = sl.stop - sl.start
-        out = _forward_tensor(forward_func, build(sl), expand_target(target, n), expand_args(args, n))
-        ok = out.numel() == n * unit_numel and (n == 1 or (out.dim() > 0 and rows is not None and out.shape[0] == n * rows))
-        if not ok:
-            if n > 1 and auto:
-                # aggregate forward: redo the rest one unit at a time
-                sl_iter = sl_iter[:i] + [slice(j, j + 1) for j in range(sl.start, n_units)]
-                continue
-            raise AssertionError(
-                "forward_func's output should grow with the input batch size when "
-                f"perturbations_per_eval > 1: one evaluation gives shape {tuple(unit_shape)}, "
-                f"{n} stacked perturbations gave {tuple(out.shape)}"
-            )
-        yield sl, out.reshape((n,) + tuple(unit_shape))
-        i += 1
-
-
-def _values_to_inputs(values: Tensor, mask_index: Tensor, out_shape: Sequence[int], input_shape: Sequence[int]) -> Tensor:
-    """Spread per-feature values onto input positions.
-
-    ``values`` has shape ``(F, *out_shape)`` (one value per feature and output element) and
-    ``mask_index`` shape ``(1 or batch, *input_shape[1:])`` with entries in ``[0, F)``. Returns
-    ``(*out_shape, *input_shape[1:])`` where position ``p`` of output element ``o`` gets
-    ``values[mask_index[b, p], o]`` (``b`` the example of ``o`` when masks differ per example).
-    """
-    n_feat = values.shape[0]
-    inner = tuple(input_shape[1:])
-    idx = mask_index.reshape(mask_index.shape[0], -1)
-    if idx.shape[0] == 1:
-        flat = values.reshape(n_feat, -1)  # (F, O)
-        res = flat[idx[0]].transpose(0, 1)  # (O, P)
-        return res.reshape(tuple(out_shape) + inner)
-    b = idx.shape[0]
-    if len(out_shape) == 0 or out_shape[0] != b:
-        raise ValueError("per-example feature masks need an output with one row per example")
-    per = values.reshape(n_feat, b, -1).permute(1, 0, 2)  # (B, F, K)
-    k = per.shape[2]
-    res = torch.gather(per, 1, idx.unsqueeze(-1).expand(b, idx.shape[1], k))  # (B, P, K)
-    return res.permute(0, 2, 1).reshape(tuple(out_shape) + inner)
-
-
-def _ablate_with_masks(
-    x: Tensor, replacement: Tensor, masks: Tensor
-) -> Tensor:
-    """Stack ``n`` perturbed copies: ``masks`` (n, 1 or B, ...) bool picks ``replacement`` over ``x``."""
-    out = torch.where(masks, replacement.unsqueeze(0), x.unsqueeze(0))
-    n = masks.shape[0]
-    return out.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:]))
-
 
 # --------------------------------------------------------------------------------------------
 # FeatureAblation
@@ -194,7 +60,7 @@ class FeatureAblation(PerturbationAttribution):
         out = []
         for x, b, m in zip(inputs, baselines, masks):
             sel = m.unsqueeze(0) == ids.view((-1,) + (1,) * m.dim())
-            out.append(_ablate_with_masks(x, b, sel))
+            out.append(ablate_with_masks(x, b, sel))
         return tuple(out)
 
     # -------------------------------------------------------------------------------------
@@ -217,10 +83,10 @@ class FeatureAblation(PerturbationAttribution):
         """
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
-        _check_per_eval(perturbations_per_eval)
+        check_per_eval(perturbations_per_eval)
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
-        masks = _format_masks(feature_mask, inputs)
+        masks = format_masks(feature_mask, inputs)
         attrs = self._ablation_attributions(
             inputs, baselines, masks, target, args, perturbations_per_eval, self._build
         )
@@ -228,8 +94,8 @@ class FeatureAblation(PerturbationAttribution):
 
     def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None):
         num_examples = inputs[0].shape[0]
-        initial = _forward_tensor(self.forward_func, inputs, target, args)
-        agg = _is_aggregate(initial, num_examples)
+        initial = forward_tensor(self.forward_func, inputs, target, args)
+        agg = is_aggregate(initial, num_examples)
         if agg:
             if any(m.shape[0] != 1 for m in masks):
                 raise AssertionError(
@@ -243,7 +109,7 @@ class FeatureAblation(PerturbationAttribution):
         n_feat = int(feats.numel())
         out_shape = initial.shape
         diffs = []
-        for sl, out in _evaluate_chunks(
+        for sl, out in evaluate_chunks(
             self.forward_func,
             lambda sl: build(sl, feats, inputs, baselines, masks),
             n_feat,
@@ -263,6 +129,6 @@ class FeatureAblation(PerturbationAttribution):
         sorted_feats, order = torch.sort(feats)
         for x, m in zip(inputs, masks):
             rank = order[torch.searchsorted(sorted_feats, m.contiguous())]
-            a = _values_to_inputs(diffs, rank, out_shape, x.shape)
+            a = values_to_inputs(diffs, rank, out_shape, x.shape)
             attrs.append(a.reshape((n_out,) + tuple(x.shape[1:])))
         return tuple(attrs)

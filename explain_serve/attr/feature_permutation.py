@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .._core.inputs import as_tuple, format_args, format_output, is_tuple
 from .._core.targets import TargetType
-from .feature_ablation import FeatureAblation, _check_per_eval, _format_masks
+from .._core.perturbation import check_per_eval, format_masks
+from .feature_ablation import FeatureAblation
 
 
 def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
@@ -91,9 +92,9 @@ class FeaturePermutation(FeatureAblation):
         """Shuffle each feature group (``feature_mask``; default every scalar) across the batch."""
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
-        _check_per_eval(perturbations_per_eval)
+        check_per_eval(perturbations_per_eval)
         args = format_args(additional_forward_args)
-        masks = _format_masks(feature_mask, inputs)
+        masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
         attrs = self._ablation_attributions(inputs, baselines, masks, target, args, perturbations_per_eval, self._build)
         return format_output(was_tuple, attrs)

@@ -33,7 +33,7 @@ from .._core.inputs import (
 )
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
-from .feature_ablation import _check_per_eval, _evaluate_chunks, _format_masks, _forward_tensor, _values_to_inputs
+from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, values_to_inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def default_from_interp_rep_transform(curr_sample: Tensor, original_inputs, **kw
 def construct_feature_mask(feature_mask, formatted_inputs: Tuple[Tensor, ...]):
     """Interpretable features: the mask shifted to start at 0, and their count (max + 1)."""
     if feature_mask is None:
-        masks = _format_masks(None, formatted_inputs)
+        masks = format_masks(None, formatted_inputs)
         return masks, sum(x[0:1].numel() for x in formatted_inputs)
     masks = tuple(torch.as_tensor(m) for m in as_tuple(feature_mask))
     lo = int(min(int(m.min()) for m in masks if m.numel()))
@@ -242,7 +242,7 @@ class LimeBase(PerturbationAttribution):
     ) -> Tensor:
         """Draw ``n_samples`` samples, evaluate them (many per forward), fit, return the model's
         representation. ``kwargs`` are passed to the sampling, transform and similarity functions."""
-        _check_per_eval(perturbations_per_eval)
+        check_per_eval(perturbations_per_eval)
         args = format_args(additional_forward_args)
         generator = self.perturb_func(inputs, **kwargs) if inspect.isgeneratorfunction(self.perturb_func) else None
         interps, model_inputs, sims = [], [], []
@@ -266,7 +266,7 @@ class LimeBase(PerturbationAttribution):
             def build(sl: slice):
                 return tuple(torch.cat(parts, 0) for parts in zip(*model_inputs[sl]))
 
-            outs = [out for _, out in _evaluate_chunks(
+            outs = [out for _, out in evaluate_chunks(
                 self.forward_func, build, n, perturbations_per_eval, torch.Size([1]), target, args, model_inputs[0])]
             y = torch.cat(outs, 0).reshape(-1)
             if y.numel() != n:
@@ -342,16 +342,16 @@ class Lime(LimeBase):
                           n_samples, perturbations_per_eval, return_input_shape):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
-        _check_per_eval(perturbations_per_eval)
+        check_per_eval(perturbations_per_eval)
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
-        masks = _format_masks(raw_masks, inputs)
+        masks = format_masks(raw_masks, inputs)
         if n_feat > 10000:
             warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
                           "a feature_mask.", stacklevel=2)
         bsz = inputs[0].shape[0]
-        test = _forward_tensor(self.forward_func, inputs, target, args)
+        test = forward_tensor(self.forward_func, inputs, target, args)
         per_eval = perturbations_per_eval
         if bsz > 1 and test.numel() == bsz:
             groups = bsz  # one surrogate per example
@@ -380,9 +380,9 @@ class Lime(LimeBase):
         attrs = []
         for x, m in zip(inputs, masks):
             if groups == 1:
-                a = _values_to_inputs(coefs.reshape(1, n_feat).transpose(0, 1), m[0:1], (1,), x.shape)
+                a = values_to_inputs(coefs.reshape(1, n_feat).transpose(0, 1), m[0:1], (1,), x.shape)
             else:
-                a = _values_to_inputs(coefs.transpose(0, 1), m, (bsz,), x.shape)
+                a = values_to_inputs(coefs.transpose(0, 1), m, (bsz,), x.shape)
             attrs.append(a)
         return format_output(was_tuple, tuple(attrs))
 
@@ -412,7 +412,7 @@ class Lime(LimeBase):
             weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
             return tuple(p.reshape((n * x.shape[0],) + tuple(x.shape[1:])) for p, x in zip(perturbed, inputs))
 
-        outs = [out for _, out in _evaluate_chunks(self.forward_func, build, n_samples, per_eval, test.shape,
+        outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, test.shape,
                                                    target, args, inputs)]
         y = torch.cat(outs, 0).reshape(n_samples, groups).transpose(0, 1)
         return self._fit(z.to(torch.float64), y, weights.transpose(0, 1))

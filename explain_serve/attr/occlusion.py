@@ -15,14 +15,8 @@ from torch import Tensor
 
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
-from .feature_ablation import (
-    FeatureAblation,
-    _ablate_with_masks,
-    _check_per_eval,
-    _evaluate_chunks,
-    _forward_tensor,
-    _is_aggregate,
-)
+from .._core.perturbation import ablate_with_masks, check_per_eval, evaluate_chunks, forward_tensor, is_aggregate
+from .feature_ablation import FeatureAblation
 
 
 def _format_strides(strides, inputs: Tuple[Tensor, ...]):
@@ -92,7 +86,7 @@ class Occlusion(FeatureAblation):
         """Occlude each window position (``sliding_window_shapes``, ``strides`` per input)."""
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
-        _check_per_eval(perturbations_per_eval)
+        check_per_eval(perturbations_per_eval)
         strides = _format_strides(strides, inputs)
         windows = _format_windows(sliding_window_shapes, inputs)
         counts = []
@@ -113,9 +107,9 @@ class Occlusion(FeatureAblation):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         num_examples = inputs[0].shape[0]
-        initial = _forward_tensor(self.forward_func, inputs, target, args)
+        initial = forward_tensor(self.forward_func, inputs, target, args)
         per_eval = perturbations_per_eval
-        if _is_aggregate(initial, num_examples):
+        if is_aggregate(initial, num_examples):
             if per_eval is not None and per_eval > 1:
                 raise AssertionError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
             per_eval = 1
@@ -133,14 +127,14 @@ class Occlusion(FeatureAblation):
 
         def build(sl: slice):
             return tuple(
-                _ablate_with_masks(x, b, masks_for(i, sl).unsqueeze(1))
+                ablate_with_masks(x, b, masks_for(i, sl).unsqueeze(1))
                 for i, (x, b) in enumerate(zip(inputs, baselines))
             )
 
         n_out = initial.numel()
         totals = [initial.new_zeros((n_out, x[0].numel())) for x in inputs]
         weights = [initial.new_zeros((x[0].numel(),)) for x in inputs]
-        for sl, out in _evaluate_chunks(self.forward_func, build, total, per_eval, initial.shape, target, args, inputs):
+        for sl, out in evaluate_chunks(self.forward_func, build, total, per_eval, initial.shape, target, args, inputs):
             diff = (initial.unsqueeze(0) - out).reshape(sl.stop - sl.start, n_out)
             for i in range(len(inputs)):
                 lo, hi = max(sl.start, offsets[i]), min(sl.stop, offsets[i] + n_windows[i])

@@ -27,7 +27,7 @@ from torch import Tensor
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
 from ._base import PerturbationAttribution
-from .feature_ablation import _check_per_eval, _evaluate_chunks, _format_masks, _forward_tensor, _is_aggregate, _values_to_inputs
+from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, is_aggregate, values_to_inputs
 
 
 class ShapleyValueSampling(PerturbationAttribution):
@@ -61,19 +61,19 @@ class ShapleyValueSampling(PerturbationAttribution):
                  n_samples, perturbations_per_eval, exact: bool):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
-        _check_per_eval(perturbations_per_eval)
+        check_per_eval(perturbations_per_eval)
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
-        masks = _format_masks(feature_mask, inputs)
+        masks = format_masks(feature_mask, inputs)
         num_examples = inputs[0].shape[0]
         n_feat = int(max(int(m.max()) for m in masks if m.numel())) + 1
 
         with torch.no_grad():
-            initial = _forward_tensor(self.forward_func, baselines, target, args)  # v(empty)
+            initial = forward_tensor(self.forward_func, baselines, target, args)  # v(empty)
             if initial.dim() == 0:
                 initial = initial.reshape(1)
             per_eval = perturbations_per_eval
-            if _is_aggregate(initial, num_examples):
+            if is_aggregate(initial, num_examples):
                 if any(m.shape[0] != 1 for m in masks):
                     raise AssertionError(
                         "Cannot provide different masks for each example when function returns a scalar."
@@ -87,7 +87,7 @@ class ShapleyValueSampling(PerturbationAttribution):
             else:
                 phi = self._sampled(inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval)
 
-            attrs = tuple(_values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
+            attrs = tuple(values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
         return format_output(was_tuple, attrs)
 
     def _coalition_builder(self, inputs, baselines, masks, presence: Callable[[slice], Tensor]):
@@ -118,7 +118,7 @@ class ShapleyValueSampling(PerturbationAttribution):
             return pos[s] <= k[:, None]  # features among the first k+1 of ordering s
 
         build = self._coalition_builder(inputs, baselines, masks, presence)
-        outs = [out for _, out in _evaluate_chunks(
+        outs = [out for _, out in evaluate_chunks(
             self.forward_func, build, n_samples * n_feat, per_eval, initial.shape, target, args, inputs)]
         v = torch.cat(outs, 0).reshape((n_samples, n_feat) + tuple(initial.shape))
         v = torch.cat([initial.expand((n_samples, 1) + tuple(initial.shape)).to(v.dtype), v], 1)
@@ -145,7 +145,7 @@ class ShapleyValueSampling(PerturbationAttribution):
 
         build = self._coalition_builder(inputs, baselines, masks, presence)
         n_coal = 1 << p
-        outs = [out for _, out in _evaluate_chunks(
+        outs = [out for _, out in evaluate_chunks(
             self.forward_func, build, n_coal - 1, per_eval, initial.shape, target, args, inputs)]
         v = torch.cat([initial.unsqueeze(0)] + outs, 0)  # (2^p, *out)
         codes = torch.arange(n_coal, device=device)

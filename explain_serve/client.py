@@ -149,7 +149,10 @@ class Client:
             except ValueError:
                 return {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
                         grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}.get(err.code(), 500), detail
-        return 200, json.loads(resp.prediction.decode())
+        answer = json.loads(resp.prediction.decode())
+        if isinstance(answer, dict) and "prediction" not in answer and isinstance(answer.get("code"), int):
+            return answer["code"], answer  # a per-item error: gRPC carries it as the payload
+        return 200, answer
 
     def grpc_explain(self, model: str, body: Body, **kw) -> Tuple[int, Any]:
         return self.grpc_call(model, body, explain=True, **kw)

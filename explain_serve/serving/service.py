@@ -145,9 +145,12 @@ class ExplainService:
         """Read per-index explain flags and content types from ``context``; set per-index statuses."""
         flags, ctypes = [], []
         for i, row in enumerate(data):
-            header = context.get_request_header(i, "explain")
-            grpc_flag = row.get("explain") if isinstance(row, dict) else None
-            flags.append(is_true(header) if header is not None else (grpc_flag is not None and is_true(grpc_flag)))
+            header = context.get_request_header(i, "explain")  # HTTP: "True" on explain routes
+            if isinstance(header, str):
+                flags.append(is_true(header))
+            else:  # gRPC: an input key ``explain`` (its header entry is only its content type)
+                flag = row.get("explain") if isinstance(row, dict) else None
+                flags.append(flag is not None and is_true(flag))
             part = context.get_request_header(i, "body") or context.get_request_header(i, "data")
             ctypes.append(part.get("content-type") if isinstance(part, dict) else None)
         results = self.handle(data, flags, ctypes)

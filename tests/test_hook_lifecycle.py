@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,11 +20,51 @@ def _n_hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
 
-# (class name, model, constructor builder(model, layer), attribute kwargs builder(inputs, args, target, sel))
+def _dist(x, k=3):
+    return torch.randn((k, *x.shape[1:]), dtype=x.dtype)
+
+
+# (class name, model, constructor builder(model, layer), attribute kwargs builder(inputs, args, target, selector))
+# The error call passes an impossible target (or neuron selector), raising inside the hooked call.
 LIFECYCLE = [
     ("LayerIntegratedGradients", "text", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, additional_forward_args=a, n_steps=4)),
     ("LayerIntegratedGradients", "cnn", lambda m, l: (m, [l]), lambda x, a, t, s: dict(target=t, n_steps=4)),
+    ("LayerGradientXActivation", "cnn", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t)),
+    ("LayerConductance", "mlp", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, n_steps=4, internal_batch_size=8)),
+    ("InternalInfluence", "cnn", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, n_steps=4)),
+    ("LayerDeepLift", "cnn", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t)),
+    ("LayerDeepLiftShap", "mlp", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, baselines=_dist(x[0]))),
+    ("LayerGradientShap", "mlp", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, baselines=_dist(x[0]))),
+    ("LayerFeatureAblation", "text", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t, additional_forward_args=a)),
+    ("LayerFeaturePermutation", "mlp", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t)),
+    ("LayerLRP", "mlp", lambda m, l: (m, l), lambda x, a, t, s: dict(target=t)),
+    ("LRP", "cnn", lambda m, l: (m,), lambda x, a, t, s: dict(target=t)),
 ]
+NEURON_LIFECYCLE = [
+    ("NeuronGradient", "cnn", lambda x, s: {}),
+    ("NeuronIntegratedGradients", "mlp", lambda x, s: dict(n_steps=4)),
+    ("NeuronConductance", "mlp", lambda x, s: dict(n_steps=4, target=1)),
+    ("NeuronDeepLift", "cnn", lambda x, s: {}),
+    ("NeuronDeepLiftShap", "mlp", lambda x, s: dict(baselines=_dist(x[0]))),
+    ("NeuronGradientShap", "mlp", lambda x, s: dict(baselines=_dist(x[0]))),
+    ("NeuronFeatureAblation", "cnn", lambda x, s: dict(perturbations_per_eval=64)),
+    ("NeuronGuidedBackprop", "cnn", lambda x, s: {}),
+    ("NeuronDeconvolution", "mlp", lambda x, s: {}),
+]
+LIFECYCLE += [
+    (cls, name, (lambda m, l: (m, l)), (lambda kw: lambda x, a, t, s: dict(kw(x, s), neuron_selector=s))(kw))
+    for cls, name, kw in NEURON_LIFECYCLE
+]
+
+
+# the serving paths get the full 100 reusable calls; the rest 5 (the same code path, faster suite)
+HUNDRED_CALLS = {("LayerIntegratedGradients", "text"), ("LayerDeepLift", "cnn"), ("NeuronDeepLift", "cnn"), ("LRP", "cnn")}
+
+
+def _bad(cls_name, kwargs):
+    if cls_name.startswith("Neuron"):
+        return {**kwargs, "neuron_selector": (99, 99, 99, 99)}
+    return {**kwargs, "target": (99, 99, 99)}
 
 
 def _available(cases):
@@ -50,7 +91,7 @@ def test_model_unchanged_after_success_and_error(case):
     method.attribute(inputs[0], **kw(inputs, args, target, sel))
     assert hook_state(model) == before
     with pytest.raises(Exception):
-        method.attribute(inputs[0], **{**kw(inputs, args, target, sel), "target": (99, 99, 99)})
+        method.attribute(inputs[0], **_bad(cls_name, kw(inputs, args, target, sel)))
     assert hook_state(model) == before
 
 
@@ -60,16 +101,20 @@ def test_reusable_session_constant_hooks_no_retained_tensors(case):
     model, inputs, args, layer, sel, target = table(name)
     before = hook_state(model)
     method = getattr(ea, cls_name)(*ctor(model, layer))
+    torch.manual_seed(0)
+    np.random.seed(0)
     reference = method.attribute(inputs[0], **kw(inputs, args, target, sel))
     with method.reusable() as m:
         registered = _n_hooks(model)
         assert registered > 0
-        for i in range(100):
+        for i in range(100 if (cls_name, name) in HUNDRED_CALLS else 5):
             x = inputs[0].clone()
             ref = weakref.ref(x)
+            torch.manual_seed(0)
+            np.random.seed(0)
             out = m.attribute(x, **kw(inputs, args, target, sel))
             del x
-            if i % 25 == 0:
+            if i % 25 == 0 or i < 5:
                 gc.collect()
                 assert ref() is None, "the call retained its input"
             assert _n_hooks(model) == registered
@@ -77,7 +122,7 @@ def test_reusable_session_constant_hooks_no_retained_tensors(case):
         for a, b in zip(out if isinstance(out, list) else [out], reference if isinstance(reference, list) else [reference]):
             assert torch.allclose(a, b, atol=1e-12)
         with pytest.raises(Exception):
-            m.attribute(inputs[0], **{**kw(inputs, args, target, sel), "target": (99, 99, 99)})
+            m.attribute(inputs[0], **_bad(cls_name, kw(inputs, args, target, sel)))
         assert m._hook_session.scratch == {} and _n_hooks(model) == registered
     assert hook_state(model) == before
 

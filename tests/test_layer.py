@@ -1,13 +1,16 @@
-"""Layer methods: axioms (completeness, conductance sums to IG), agreement with Captum in float64
-on one table of models (MLP, CNN, embedding text model), list-of-layers and layer-input forms."""
+"""Layer methods: axioms (completeness, conductance sums to the IG total, DeepLift summation to
+delta), hand-derived values, and agreement with Captum in float64 on one table of models (MLP,
+CNN, embedding text model) for every deterministic layer method."""
 from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 import explain_serve.attr as ea
+from explain_serve._core.targets import select_targets
 from tests.layer_models import MODELS, table
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -24,62 +27,86 @@ def _close(a, b, tol=1e-5):
     assert torch.allclose(a, b, atol=tol, rtol=0), (a - b).abs().max()
 
 
-def _baselines(name, inputs):
+def _baseline(name, x):
     if name == "text":
-        return (torch.zeros_like(inputs[0]),)
+        return torch.zeros_like(x)
     g = torch.Generator().manual_seed(3)
-    return tuple(torch.randn(x.shape, generator=g, dtype=x.dtype) * 0.1 for x in inputs)
+    return torch.randn(x.shape, generator=g, dtype=x.dtype) * 0.1
 
 
-# (class, attribute kwargs builder(name, inputs)) for deterministic layer methods
+def _distribution(name, x, k=4):
+    g = torch.Generator().manual_seed(4)
+    if name == "text":
+        return torch.randint(0, 30, (k, *x.shape[1:]), generator=g)
+    return torch.randn((k, *x.shape[1:]), generator=g, dtype=x.dtype)
+
+
+def _score(model, x, args, target):
+    with torch.no_grad():
+        return select_targets(model(x, *(args or ())), target).reshape(-1)
+
+
+# case id -> (class, models it applies to, attribute kwargs builder(name, x)); float inputs only for
+# methods that move along the input path (an embedding's input is integer ids)
+FLOAT = ("mlp", "cnn")
 LAYER_CASES = {
-    "LayerIntegratedGradients": lambda n, x: {"baselines": _baselines(n, x), "n_steps": 12, "return_convergence_delta": True},
-    "LayerIntegratedGradients_input": lambda n, x: {"n_steps": 7, "method": "riemann_trapezoid", "internal_batch_size": 5, "attribute_to_layer_input": True},
+    "activation": ("LayerActivation", MODELS, lambda n, x: {}),
+    "activation_input": ("LayerActivation", FLOAT, lambda n, x: {"attribute_to_layer_input": True}),
+    "grad_x_act": ("LayerGradientXActivation", MODELS, lambda n, x: {}),
+    "grad_x_act_input": ("LayerGradientXActivation", FLOAT, lambda n, x: {"attribute_to_layer_input": True}),
+    "lig": ("LayerIntegratedGradients", MODELS, lambda n, x: {"baselines": _baseline(n, x), "n_steps": 12, "return_convergence_delta": True}),
+    "lig_input": ("LayerIntegratedGradients", FLOAT, lambda n, x: {"n_steps": 7, "method": "riemann_trapezoid", "internal_batch_size": 5, "attribute_to_layer_input": True}),
+    "conductance": ("LayerConductance", FLOAT, lambda n, x: {"baselines": _baseline(n, x), "n_steps": 9, "return_convergence_delta": True}),
+    "conductance_chunked": ("LayerConductance", FLOAT, lambda n, x: {"n_steps": 9, "method": "riemann_left", "internal_batch_size": 7}),
+    "internal_influence": ("InternalInfluence", FLOAT, lambda n, x: {"baselines": _baseline(n, x), "n_steps": 9}),
+    "internal_influence_input": ("InternalInfluence", FLOAT, lambda n, x: {"n_steps": 6, "internal_batch_size": 5, "attribute_to_layer_input": True}),
+    "deep_lift": ("LayerDeepLift", MODELS, lambda n, x: {"baselines": _baseline(n, x), "return_convergence_delta": True}),
+    "deep_lift_input": ("LayerDeepLift", FLOAT, lambda n, x: {"baselines": _baseline(n, x), "attribute_to_layer_input": True}),
+    "deep_lift_shap": ("LayerDeepLiftShap", FLOAT, lambda n, x: {"baselines": _distribution(n, x), "return_convergence_delta": True}),
+    "gradient_shap_seeded": ("LayerGradientShap", FLOAT, lambda n, x: {"baselines": _distribution(n, x), "n_samples": 3}),
+    "ablation": ("LayerFeatureAblation", MODELS, lambda n, x: {}),
+    "ablation_mask": ("LayerFeatureAblation", ("mlp",), lambda n, x: {"layer_mask": torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3]]), "layer_baselines": 0.5}),
 }
+CAPTUM_CASES = [(c, n) for c, (_, models, _) in sorted(LAYER_CASES.items()) for n in models]
 
 
-def _run(lib, cls_name, name, kwargs_of, ctor=None):
+def _run(lib, case, name):
+    cls_name, _, kwargs_of = LAYER_CASES[case]
     model, inputs, args, layer, _, target = table(name)
-    kwargs = kwargs_of(name, inputs)
-    cls = getattr(lib, cls_name.split("_")[0])
-    method = cls(model, layer, **(ctor or {}))
-    return method.attribute(inputs if len(inputs) > 1 else inputs[0], target=target, additional_forward_args=args, **kwargs)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    method = getattr(lib, cls_name)(model, layer)
+    kwargs = dict(kwargs_of(name, inputs[0]), additional_forward_args=args)
+    if cls_name != "LayerActivation":
+        kwargs["target"] = target
+    return method.attribute(inputs[0], **kwargs)
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+@pytest.mark.parametrize("case,name", CAPTUM_CASES, ids=[f"{c}-{n}" for c, n in CAPTUM_CASES])
 def test_layer_agrees_with_captum(case, name):
-    if case.endswith("_input") and name == "text":
-        pytest.skip("an embedding's input is the integer ids")
-    ours = _run(ea, case, name, LAYER_CASES[case])
-    theirs = _run(captum_attr, case, name, LAYER_CASES[case])
-    _close(ours, theirs)
+    _close(_run(ea, case, name), _run(captum_attr, case, name))
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_lig_completeness(name):
     model, inputs, args, layer, _, target = table(name)
     x = inputs[0]
-    b = _baselines(name, inputs)[0]
+    b = _baseline(name, x)
     lig = ea.LayerIntegratedGradients(model, layer)
     attr, delta = lig.attribute(x, b, target=target, additional_forward_args=args, n_steps=64, return_convergence_delta=True)
-    with torch.no_grad():
-        from explain_serve._core.targets import select_targets
-        diff = select_targets(model(x, *(args or ())), target) - select_targets(model(b, *(args or ())), target)
+    diff = _score(model, x, args, target) - _score(model, b, args, target)
     total = attr.reshape(len(x), -1).sum(1)
-    assert torch.allclose(total - diff.reshape(-1), delta, atol=1e-10)  # delta is the completeness gap
+    assert torch.allclose(total - diff, delta, atol=1e-10)  # delta is the completeness gap
     tol = 5e-3 if name == "cnn" else 1e-6  # ReLU kinks downstream of the CNN's conv slow the quadrature
     assert delta.abs().max() < tol * max(1.0, diff.abs().max().item())
 
 
 def test_lig_embedding_by_hand():
-    """Linear model on the mean embedding: LIG = emb(x) - emb(b) times the constant gradient."""
+    """Linear model on the embeddings: LIG = (emb(x) - emb(b)) times the constant weight."""
     model = torch.nn.Sequential(torch.nn.Embedding(5, 2), torch.nn.Flatten(), torch.nn.Linear(6, 1)).double()
     ids = torch.tensor([[1, 2, 3]])
     attr = ea.LayerIntegratedGradients(model, model[0]).attribute(ids, baselines=torch.zeros_like(ids))
-    w = model[2].weight.reshape(3, 2)
-    e = model[0].weight
-    expected = (e[ids[0]] - e[0]) * w
+    expected = (model[0].weight[ids[0]] - model[0].weight[0]) * model[2].weight.reshape(3, 2)
     assert torch.allclose(attr[0], expected, atol=1e-12)
 
 
@@ -100,3 +127,96 @@ def test_lig_list_of_layers_matches_captum():
     assert isinstance(ours, list) and len(ours) == 2
     _close(ours, theirs)
     _close(d1, d2)
+    total = sum(a.reshape(3, -1).sum(1) for a in ours)
+    diff = m(ids, pos)[:, 1] - m(torch.zeros_like(ids), torch.zeros_like(pos))[:, 1]
+    assert torch.allclose(total, diff.detach(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FLOAT)
+def test_conductance_sums_to_ig_total(name):
+    """Summed over the layer's neurons, conductance is the output difference, like the IG total."""
+    model, inputs, args, layer, _, target = table(name)
+    x = inputs[0]
+    b = _baseline(name, x)
+    cond = ea.LayerConductance(model, layer).attribute(x, b, target=target, n_steps=400, method="riemann_trapezoid")
+    ig = ea.IntegratedGradients(model).attribute(x, b, target=target, n_steps=400)
+    diff = _score(model, x, args, target) - _score(model, b, args, target)
+    cond_total = cond.reshape(len(x), -1).sum(1)
+    ig_total = ig.reshape(len(x), -1).sum(1)
+    assert torch.allclose(cond_total, ig_total, atol=2e-3)
+    assert torch.allclose(cond_total, diff, atol=2e-3)
+
+
+def test_linear_head_by_hand():
+    """At the tanh layer of the MLP the rest is linear (fc3): the gradient is fc3's weight row, so
+    internal influence = w, gradient x activation = w * a, ablating a neuron to 0 removes w_j a_j."""
+    model, inputs, _, _, _, _ = table("mlp")
+    x, t = inputs[0], 2
+    w = model.fc3.weight[t].detach()
+    with torch.no_grad():
+        a = model.tanh(model.fc2(model.relu(model.fc1(x))))
+    infl = ea.InternalInfluence(model, model.tanh).attribute(x, target=t, n_steps=5)
+    assert torch.allclose(infl, w.expand_as(a), atol=1e-12)
+    gxa = ea.LayerGradientXActivation(model, model.tanh).attribute(x, target=t)
+    assert torch.allclose(gxa, w * a, atol=1e-12)
+    abl = ea.LayerFeatureAblation(model, model.tanh).attribute(x, target=t)
+    assert torch.allclose(abl, w * a, atol=1e-12)
+    act = ea.LayerActivation(model, [model.tanh, model.fc1]).attribute(x)
+    assert isinstance(act, list) and torch.equal(act[0], a) and torch.equal(act[1], model.fc1(x).detach())
+
+
+@pytest.mark.parametrize("name", FLOAT)
+def test_layer_deep_lift_summation_to_delta(name):
+    model, inputs, args, layer, _, target = table(name)
+    x = inputs[0]
+    b = _baseline(name, x)
+    attr, delta = ea.LayerDeepLift(model, layer).attribute(x, b, target=target, return_convergence_delta=True)
+    diff = _score(model, x, args, target) - _score(model, b, args, target)
+    assert torch.allclose(attr.reshape(len(x), -1).sum(1), diff, atol=1e-10)
+    assert delta.abs().max() < 1e-10
+
+
+def test_layer_gradient_shap_expectation():
+    """With one baseline and no noise, the mean over samples tends to internal influence x (a(x) - a(b))."""
+    model, inputs, _, layer, _, target = table("mlp")
+    x = inputs[0]
+    b = _baseline("mlp", x)[:1]
+    np.random.seed(0)
+    gs = ea.LayerGradientShap(model, layer).attribute(x, b, n_samples=3000, target=target)
+    infl = ea.InternalInfluence(model, layer).attribute(x, b.expand_as(x), target=target, n_steps=64)
+    acts = ea.LayerActivation(model, layer)
+    expected = infl * (acts.attribute(x) - acts.attribute(b.expand_as(x)))
+    assert torch.allclose(gs, expected, atol=3e-2 * expected.abs().max().item())
+
+
+def test_layer_feature_permutation_is_permutation_of_the_layer():
+    """Same seed: permuting the tanh layer's neurons = FeaturePermutation on the linear head."""
+    model, inputs, _, _, _, _ = table("mlp")
+    x = inputs[0]
+    with torch.no_grad():
+        a = model.tanh(model.fc2(model.relu(model.fc1(x))))
+    torch.manual_seed(11)
+    ours = ea.LayerFeaturePermutation(model, model.tanh).attribute(x, target=1)
+    torch.manual_seed(11)
+    head = ea.FeaturePermutation(model.fc3).attribute(a, target=1)
+    assert torch.allclose(ours, head, atol=1e-12)
+
+
+def test_layer_taps_do_not_change_the_output():
+    model, inputs, _, layer, _, _ = table("cnn")
+    x = inputs[0]
+    expected = model(x)
+    method = ea.LayerGradientXActivation(model, layer).reusable()
+    method.attribute(x, target=0)
+    assert torch.equal(model(x), expected)  # inactive taps are a no-op
+    method.close()
+
+
+def test_frozen_model_layer_gradients():
+    """A serving model without parameter gradients still gets layer gradients."""
+    model, inputs, _, layer, _, target = table("mlp")
+    expected = ea.LayerGradientXActivation(model, layer).attribute(inputs[0], target=target)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    got = ea.LayerGradientXActivation(model, layer).attribute(inputs[0], target=target)
+    assert torch.allclose(got, expected, atol=1e-12)

@@ -47,14 +47,20 @@ def captured(scratch: dict, key: Any) -> Tuple[Tensor, ...]:
 # modules downstream cannot alter them) or *substitutes* given values for them, so the layer
 # can be treated as the input of the rest of the model.
 # --------------------------------------------------------------------------------------------
+class StopForward(Exception):
+    """Raised by a tap armed with ``stop=True`` once it has captured the layer: nothing after the
+    layer is needed (neuron methods), so the rest of the forward is skipped."""
+
+
 class Tap:
     """Per-call plan of one tap: ``values`` to substitute (None: capture), what the layer produced."""
 
-    __slots__ = ("values", "clone", "seen")
+    __slots__ = ("values", "clone", "stop", "seen")
 
-    def __init__(self, values: Optional[Tuple[Tensor, ...]] = None, clone: bool = False) -> None:
+    def __init__(self, values: Optional[Tuple[Tensor, ...]] = None, clone: bool = False, stop: bool = False) -> None:
         self.values = values
         self.clone = clone
+        self.stop = stop
         self.seen: List[Tuple[Tensor, ...]] = []
 
 
@@ -75,8 +81,19 @@ def tap(session: HookSession, layer: nn.Module, to_input: bool) -> Any:
                 raise ValueError(f"layer has {len(current)} tensors, got {len(plan.values)} values to substitute")
             plan.seen.append(plan.values)
             return plan.values
+        if plan.stop:
+            plan.seen.append(current)
+            raise StopForward
+        if not plan.clone:
+            plan.seen.append(current)
+            return None
+        # gradients will be taken w.r.t. these tensors: make sure they are graph nodes (a frozen
+        # model gives tensors that do not require grad), and let the forward go on with clones
+        current = tuple(
+            t if t.requires_grad or not t.is_floating_point() else t.detach().requires_grad_(True) for t in current
+        )
         plan.seen.append(current)
-        return tuple(t.clone() for t in current) if plan.clone else None
+        return tuple(t.clone() for t in current)
 
     if to_input:
         def pre(scratch, module, args):
@@ -104,13 +121,13 @@ def tap_both(session: HookSession, layers: Sequence[nn.Module]) -> None:
 
 
 @contextmanager
-def tapped(scratch: dict, layers: Sequence[nn.Module], to_input: bool, values=None, clone: bool = False):
+def tapped(scratch: dict, layers: Sequence[nn.Module], to_input: bool, values=None, clone: bool = False, stop: bool = False):
     """Arm the taps of ``layers`` for the enclosed forward(s); yields the plans (one per layer).
 
     ``values``: one tuple of tensors per layer to substitute, or None to capture.
     """
     keys = [_tap_key(layer, to_input) for layer in layers]
-    plans = [Tap(None if values is None else tuple(v), clone) for v in (values or [None] * len(keys))]
+    plans = [Tap(None if v is None else tuple(v), clone, stop) for v in (values or [None] * len(keys))]
     for key, plan in zip(keys, plans):
         scratch[key] = plan
     try:
@@ -208,6 +225,27 @@ def flatten_layers(per_layer: Sequence[Tuple[Tensor, ...]]) -> Tuple[Tuple[Tenso
 
 def unflatten_layers(flat: Sequence[Tensor], sizes: Sequence[int]) -> List[Tuple[Tensor, ...]]:
     return _unflatten(list(flat), [(None,) * k for k in sizes])
+
+
+def select_neuron(tensors: Tuple[Tensor, ...], selector) -> Tensor:
+    """One value per example from a layer's tensors (Captum's ``neuron_selector``).
+
+    An int or a tuple indexes the (single) tensor after the batch axis; with slices in the tuple
+    the selected block is summed per example; a callable gets the tensor (or the tuple when the
+    layer has several) and returns the values.
+    """
+    if callable(selector):
+        return selector(tensors if len(tensors) > 1 else tensors[0])
+    if len(tensors) != 1:
+        raise ValueError("cannot index a neuron in a layer with several tensors; pass a callable neuron_selector")
+    index = (selector,) if isinstance(selector, int) else tuple(selector)
+    t = tensors[0]
+    if len(index) > t.dim() - 1:
+        raise ValueError(f"neuron_selector {selector} has more indices than the layer's shape {tuple(t.shape[1:])}")
+    out = t[(slice(None), *index)]
+    if any(isinstance(i, slice) for i in index):
+        out = out.reshape(out.shape[0], -1).sum(1)
+    return out
 
 
 def format_layers(multiple_layers: bool, per_layer: Sequence[Tuple[Tensor, ...]]):

@@ -20,6 +20,7 @@ class LayerMethod(LayerAttribution, HookedMethod):
     """
 
     _multiple_layers_allowed = False
+    _own_taps = True  # False when an adopted inner layer method already taps the same layers
 
     def __init__(self, forward_func: Callable, layer, device_ids=None) -> None:
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
@@ -39,7 +40,8 @@ class LayerMethod(LayerAttribution, HookedMethod):
     def _install_hooks(self, session: HookSession) -> None:
         for inner in self._inner:
             inner._install_hooks(session)
-        tap_both(session, self.layers)
+        if self._own_taps:
+            tap_both(session, self.layers)
 
     def adopt(self, inner):
         self._inner.append(inner)

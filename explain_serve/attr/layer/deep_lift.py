@@ -1,0 +1,120 @@
+"""Layer DeepLift and Layer DeepLiftShap (Shrikumar et al., 2017; Lundberg & Lee, 2017).
+
+DeepLift's Rescale rules (the gradient overrides of ``attr.deep_lift``, installed into this
+method's hook session) with the multipliers taken at the layer: inputs and baselines go through
+the model as one batch ``[x; b]``, the layer's tensors of that batch are tapped, and the
+attribution is ``multiplier * (layer(x) - layer(b))``. DeepLiftShap averages over a baseline
+distribution (every input against every baseline).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..._core.inputs import as_tuple, expand_args, format_args, format_baselines, tensorize_baselines
+from ..._core.layers import layer_gradients
+from ..._core.targets import expand_target
+from .._base import GradientAttribution, convergence_delta
+from ..deep_lift import DeepLift, call_custom_attribution_func
+from ._base import LayerMethod
+
+
+def expand_for_baseline_distribution(inputs, baselines, target, args):
+    """Every input against every baseline: inputs repeated in place, baselines tiled (DeepLiftShap)."""
+    n, k = inputs[0].shape[0], baselines[0].shape[0]
+    return (
+        tuple(x.repeat_interleave(k, dim=0) for x in inputs),
+        tuple(torch.cat([b] * n, dim=0) for b in baselines),
+        expand_target(target, k, interleave=True),
+        expand_args(args, k, interleave=True),
+    )
+
+
+def _callable_baselines(baselines, inputs):
+    if callable(baselines) and not isinstance(baselines, torch.Tensor):
+        return baselines(inputs if len(inputs) > 1 else inputs[0])
+    return baselines
+
+
+class LayerDeepLift(LayerMethod, GradientAttribution):
+    def __init__(self, model, layer, multiply_by_inputs: bool = True) -> None:
+        super().__init__(model, layer)
+        self.model = model
+        self._multiply_by_inputs = multiply_by_inputs
+        self._deep_lift = self.adopt(DeepLift(model, multiply_by_inputs))
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return self._multiply_by_inputs
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        custom_attribution_func=None,
+        grad_kwargs=None,
+    ):
+        inputs = as_tuple(inputs)
+        baselines = _callable_baselines(baselines, inputs)
+        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        args = format_args(additional_forward_args)
+        joint = tuple(torch.cat([x, b]) for x, b in zip(inputs, baselines))
+        with self._hooks() as scratch:
+            grads, acts = layer_gradients(
+                scratch, self.layers, attribute_to_layer_input, self.model, joint,
+                expand_target(target, 2), expand_args(args, 2), grad_kwargs,
+            )
+        grads = tuple(g.chunk(2)[0] for g in grads[0])
+        at_inputs = tuple(a.chunk(2)[0] for a in acts[0])
+        at_baselines = tuple(a.chunk(2)[1] for a in acts[0])
+        if custom_attribution_func is not None:
+            attributions = as_tuple(call_custom_attribution_func(custom_attribution_func, grads, at_inputs, at_baselines))
+        elif self._multiply_by_inputs:
+            attributions = tuple((a - b) * g for a, b, g in zip(at_inputs, at_baselines, grads))
+        else:
+            attributions = grads
+        result = self._format([attributions])
+        if not return_convergence_delta:
+            return result
+        return result, convergence_delta(self.model, attributions, baselines, inputs, target, args)
+
+
+class LayerDeepLiftShap(LayerDeepLift):
+    """Layer DeepLift averaged over a distribution of baselines."""
+
+    def attribute(
+        self,
+        inputs,
+        baselines=None,
+        target=None,
+        additional_forward_args=None,
+        return_convergence_delta: bool = False,
+        attribute_to_layer_input: bool = False,
+        custom_attribution_func=None,
+        grad_kwargs=None,
+    ):
+        inputs = as_tuple(inputs)
+        baselines = as_tuple(_callable_baselines(baselines, inputs))
+        if baselines is None or not isinstance(baselines[0], torch.Tensor) or baselines[0].shape[0] < 2:
+            raise ValueError(
+                "LayerDeepLiftShap needs a tensor distribution of more than one baseline; "
+                "use LayerDeepLift for a single baseline"
+            )
+        n, k = inputs[0].shape[0], baselines[0].shape[0]
+        exp_inputs, exp_baselines, exp_target, exp_args = expand_for_baseline_distribution(
+            inputs, baselines, target, format_args(additional_forward_args)
+        )
+        out = super().attribute(
+            exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta,
+            attribute_to_layer_input, custom_attribution_func, grad_kwargs,
+        )
+        attributions, delta = out if return_convergence_delta else (out, None)
+        mean = lambda a: a.reshape(n, k, *a.shape[1:]).mean(1)  # noqa: E731
+        attributions = tuple(mean(a) for a in attributions) if isinstance(attributions, tuple) else mean(attributions)
+        return (attributions, delta) if return_convergence_delta else attributions

@@ -88,8 +88,74 @@ def _dynamic_sizes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
-def trace(fn: Callable, example_args: Sequence[Tensor], extra_decompositions: Optional[Dict] = None):
-    """``fn`` as an aten-level ``GraphModule`` with a symbolic batch axis and no backward operators."""
+def _symbol(size):
+    return size.node.expr if isinstance(size, torch.SymInt) else None
+
+
+def _specialize(gm: torch.fx.GraphModule, example_args: Sequence[Tensor], dynamic: Sequence[Sequence[int]]) -> None:
+    """Replace every size that depends only on static input axes by its value.
+
+    Symbolic tracing makes every axis symbolic; only the ``dynamic`` axes of each input (the batch,
+    and the length of token ids) stay symbolic in the exported graph. Constant sizes let the exporter
+    emit constant shapes instead of Shape/Gather/Concat chains.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    values = {}
+    for node, arg, axes in zip(placeholders, example_args, dynamic):
+        shape = node.meta["val"].shape
+        for d, size in enumerate(shape):
+            sym = _symbol(size)
+            if sym is not None and d not in axes and getattr(sym, "is_Symbol", False):
+                values[sym] = int(arg.shape[d])
+    dynamic_symbols = set()
+    for node, axes in zip(placeholders, dynamic):
+        for d in axes:
+            sym = _symbol(node.meta["val"].shape[d])
+            if sym is not None:
+                dynamic_symbols |= sym.free_symbols
+    for node in list(gm.graph.nodes):
+        sym = _symbol(node.meta.get("val"))
+        if sym is None or node.op == "placeholder":
+            continue
+        if not (sym.free_symbols & dynamic_symbols):
+            node.replace_all_uses_with(int(sym.subs(values)))
+            gm.graph.erase_node(node)
+
+
+def _fewer_dynamic_sizes(gm: torch.fx.GraphModule) -> None:
+    """``view(x, [34, s0, 30])`` -> ``view(x, [34, -1, 30])``; ``expand`` keeps matching axes as -1."""
+    aten = torch.ops.aten
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or len(node.args) < 2 or not isinstance(node.args[1], (list, tuple)):
+            continue
+        sizes = list(node.args[1])
+        if node.target in (aten.view.default, aten._unsafe_view.default, aten.reshape.default):
+            symbolic = [i for i, s in enumerate(sizes) if isinstance(s, torch.fx.Node)]
+            if len(symbolic) == 1 and -1 not in sizes:
+                sizes[symbolic[0]] = -1
+                node.args = (node.args[0], sizes) + tuple(node.args[2:])
+        elif node.target is aten.expand.default and isinstance(node.args[0], torch.fx.Node):
+            shape = list(node.args[0].meta["val"].shape)
+            offset = len(sizes) - len(shape)
+            for i, s in enumerate(sizes):
+                if isinstance(s, torch.fx.Node) and i >= offset:
+                    have, want = _symbol(shape[i - offset]), _symbol(s.meta.get("val"))
+                    if have is not None and want is not None and have == want:
+                        sizes[i] = -1
+            node.args = (node.args[0], sizes) + tuple(node.args[2:])
+    gm.graph.eliminate_dead_code()
+
+
+def trace(
+    fn: Callable,
+    example_args: Sequence[Tensor],
+    dynamic: Optional[Sequence[Sequence[int]]] = None,
+    extra_decompositions: Optional[Dict] = None,
+):
+    """``fn`` as an aten-level ``GraphModule`` without backward operators.
+
+    ``dynamic`` lists, per argument, the axes that stay symbolic (default: axis 0 of each).
+    """
     from torch.fx.experimental.proxy_tensor import make_fx
 
     gm = make_fx(
@@ -99,6 +165,8 @@ def trace(fn: Callable, example_args: Sequence[Tensor], extra_decompositions: Op
         _allow_non_fake_inputs=True,
     )(*example_args)
     gm.graph.eliminate_dead_code()
+    _specialize(gm, example_args, dynamic if dynamic is not None else [[0]] * len(example_args))
+    _fewer_dynamic_sizes(gm)
     return _dynamic_sizes(gm)
 
 

@@ -39,6 +39,19 @@ def threshold_backward(grad_output: Tensor, self: Tensor, threshold) -> Tensor:
     return torch.where(self <= threshold, torch.zeros_like(grad_output), grad_output)
 
 
+# -- indexing -----------------------------------------------------------------------------------------
+def slice_backward(grad_output: Tensor, input_sizes, dim: int, start, end, step) -> Tensor:
+    """The gradient of ``x[start:end]`` along ``dim``: zero padding on both sides."""
+    if step != 1:
+        raise NotImplementedError("slice_backward with a step")
+    dim = dim % len(input_sizes)
+    size = _static(input_sizes[dim])
+    start = max(0, min(size, _static(start) + size if _static(start) < 0 else _static(start)))
+    after = size - start - _static(grad_output.shape[dim])
+    pads = [0, 0] * (len(input_sizes) - 1 - dim) + [start, after]
+    return aten.constant_pad_nd.default(grad_output, pads, 0.0)
+
+
 # -- convolution --------------------------------------------------------------------------------------
 def convolution_backward(
     grad_output: Tensor,
@@ -63,7 +76,14 @@ def convolution_backward(
     nd = weight.dim() - 2
     stride, padding, dilation = _ints(stride, nd), _ints(padding, nd), _ints(dilation, nd)
     kernel = [_static(k) for k in weight.shape[2:]]
-    if not transposed:
+    if not transposed and all(v == 1 for v in stride) and all(v == 1 for v in dilation) and groups == 1 and all(
+        padding[i] <= kernel[i] - 1 for i in range(nd)
+    ):
+        # Stride 1: a plain convolution with the flipped, channel-swapped kernel (runtimes tune Conv best).
+        flipped = weight.flip(list(range(2, 2 + nd))).transpose(0, 1)
+        pad = [kernel[i] - 1 - padding[i] for i in range(nd)]
+        grad_input = aten.convolution.default(grad_output, flipped, None, [1] * nd, pad, [1] * nd, False, [0] * nd, 1)
+    elif not transposed:
         extra = []
         for i in range(nd):
             full = (_static(grad_output.shape[2 + i]) - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1
@@ -251,6 +271,7 @@ def native_dropout_backward(grad_output: Tensor, mask: Tensor, scale) -> Tensor:
 _TABLE: Dict[object, Callable] = {
     aten.threshold_backward.default: threshold_backward,
     aten.convolution_backward.default: convolution_backward,
+    aten.slice_backward.default: slice_backward,
     aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
     aten.max_pool3d_with_indices_backward.default: max_pool3d_with_indices_backward,
     aten.avg_pool2d_backward.default: avg_pool2d_backward,

@@ -79,13 +79,16 @@ def _frozen_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
 
 
 def _select(out: Tensor, target: Optional[Tensor]) -> Tensor:
+    """The explained score of each example; a one-hot product, so its backward is one multiply."""
     if target is None:
         if out.dim() > 1 and out[0].numel() != 1:
             raise CompileError(f"the model returns {tuple(out.shape[1:])} values per example; a target is needed")
         return out.reshape(out.shape[0])
     if out.dim() != 2:
         raise CompileError(f"compiled explainers select a class from a (batch, classes) output, got {out.dim()}-D")
-    return out.gather(1, target.reshape(-1, 1)).reshape(-1)
+    classes = torch.arange(out.shape[1], device=out.device).unsqueeze(0)
+    onehot = (classes == target.reshape(-1, 1)).to(out.dtype)
+    return (out * onehot).sum(1)
 
 
 class _LayerTap:
@@ -153,22 +156,23 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
         return g * x
 
     def integrated_gradients(*args):
+        # One forward over [path points; input; baseline]: the last two rows give the delta's end points.
         x, b, t = unpack(args)
         diff = x - b
         a = torch.tensor(alphas, dtype=x.dtype).reshape(_weights_shape(n, x))
         w = torch.tensor(weights, dtype=x.dtype).reshape(_weights_shape(n, x))
-        points = (b.unsqueeze(0) + a * diff.unsqueeze(0)).reshape([-1] + list(x.shape[1:]))
-        tt = t.repeat(n) if t is not None else None
+        points = b.unsqueeze(0) + a * diff.unsqueeze(0)
+        rows = torch.cat([points, x.unsqueeze(0), b.unsqueeze(0)]).reshape([-1] + list(x.shape[1:]))
+        tt = t.repeat(n + 2) if t is not None else None
         with torch.enable_grad():
-            points = points.detach().requires_grad_(True)
-            g = gradient_of(points, _select(forward(points), tt))
-        attributions = (g.reshape([n] + list(x.shape)) * w).sum(0) * diff
-        with torch.no_grad():
-            ends = _select(forward(torch.cat([x, b])), torch.cat([t, t]) if t is not None else None)
-        batch = x.shape[0]
-        pair = ends.reshape(2, -1)
-        gap = pair[0] - pair[1]
-        delta = attributions.reshape(batch, -1).sum(1) - gap
+            rows = rows.detach().requires_grad_(True)
+            scores = _select(forward(rows), tt).reshape(n + 2, -1)
+            on_path = torch.tensor([1.0] * n + [0.0, 0.0], dtype=scores.dtype).reshape(n + 2, 1)
+            g = gradient_of(rows, scores * on_path)
+        g = g.reshape([n + 2] + list(x.shape))[:n]
+        attributions = (g * w).sum(0) * diff
+        scores = scores.detach()
+        delta = attributions.reshape(x.shape[0], -1).sum(1) - (scores[n] - scores[n + 1])
         return attributions, delta
 
     def layer_grad_cam(*args):
@@ -307,8 +311,9 @@ def compile_explainer(
             t = model(x).reshape(batch, -1).argmax(1) if has_target else None
         args = _graph_inputs(spec, x, b, t)
         try:
-            gm = trace(fn, args)
-            onnx_bytes = to_onnx(gm, args, names, outputs, opset=opset, dynamic_axes=_dynamic_axes(spec, x))
+            axes = _dynamic_axes(spec, x)
+            gm = trace(fn, args, dynamic=[list(axes[name]) for name in names])
+            onnx_bytes = to_onnx(gm, args, names, outputs, opset=opset, dynamic_axes=axes)
         except CompileError:
             raise
         except Exception as error:  # an operator without translation, data-dependent control flow...
@@ -425,6 +430,7 @@ class CompiledExplainer:
         target: Any = None,
         return_convergence_delta: bool = False,
     ):
+        """Attributions for one input tensor (or a 1-tuple), as the eager method returns them."""
         was_tuple = isinstance(inputs, tuple)
         if was_tuple:
             if len(inputs) != 1:
@@ -432,36 +438,67 @@ class CompiledExplainer:
             inputs = inputs[0]
         if isinstance(baselines, tuple):
             baselines = baselines[0]
-        batch = inputs.shape[0]
-        args: List[Any] = [inputs]
-        if self.spec.method in PATH_METHODS:
-            args.append(_baseline_like(baselines, inputs))
+        x = _array(inputs, self._input_dtype)
+        feeds = {"input": x}
+        if self._path:
+            feeds["baseline"] = _baseline_array(baselines, x)
         if self.spec.has_target:
-            args.append(_target_vector(target, batch))
-        outputs = self.run(*args)
-        attributions = outputs[0].to(inputs.device)
-        if self.spec.method != "LayerIntegratedGradients" and self.spec.method != "LayerGradCam":
-            attributions = attributions.to(inputs.dtype) if inputs.is_floating_point() else attributions
+            feeds["target"] = _target_vector(target, x.shape[0])
+        outputs = self.model.session.run(self.spec.output_names, feeds)
+        attributions = torch.from_numpy(outputs[0])
+        if inputs.device.type != "cpu":
+            attributions = attributions.to(inputs.device)
         result = (attributions,) if was_tuple else attributions
         if return_convergence_delta:
-            if not self.has_convergence_delta():
+            if not self._path:
                 raise ValueError(f"{self.spec.method} has no convergence delta")
-            return result, outputs[1]
+            return result, torch.from_numpy(outputs[1])
         return result
+
+    @property
+    def _path(self) -> bool:
+        return self.spec.method in PATH_METHODS
+
+    @property
+    def _input_dtype(self):
+        return self.model.input_dtypes[0]
+
+
+def _array(value: Any, dtype) -> np.ndarray:
+    if isinstance(value, Tensor):
+        value = value.detach()
+        if value.device.type != "cpu":
+            value = value.cpu()
+        value = value.numpy()
+    if not isinstance(value, np.ndarray) or value.dtype != dtype or not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value, dtype=dtype)
+    return value
+
+
+def _baseline_array(baseline: Any, x: np.ndarray) -> np.ndarray:
+    if baseline is None:
+        return np.zeros_like(x)
+    if isinstance(baseline, (int, float)):
+        return np.full_like(x, baseline)
+    b = _array(baseline, x.dtype)
+    return b if b.shape == x.shape else np.ascontiguousarray(np.broadcast_to(b, x.shape))
 
 
 def _target_vector(target: Any, batch: int) -> np.ndarray:
+    if isinstance(target, Tensor) and not target.is_floating_point():
+        if target.numel() == batch:
+            return _array(target.reshape(-1), np.int64)
+        if target.numel() == 1:
+            return np.full(batch, int(target.item()), dtype=np.int64)
     if target is None:
         raise ValueError("this compiled explainer needs a target (the model returns several classes)")
-    if isinstance(target, Tensor):
-        target = target.detach().cpu().reshape(-1).tolist()
-    if isinstance(target, (int, np.integer)):
-        target = [int(target)] * batch
-    if isinstance(target, (list, tuple)) and len(target) == 1 and batch != 1:
-        target = list(target) * batch
-    if not isinstance(target, (list, tuple)) or len(target) != batch or not all(isinstance(t, (int, np.integer)) for t in target):
-        raise ValueError(f"compiled explainers take one class index per example (got {target!r} for {batch} examples)")
-    return np.asarray(target, dtype=np.int64)
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return np.full(batch, int(target), dtype=np.int64)
+    if isinstance(target, (list, tuple)) and len(target) == batch and all(
+        isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in target
+    ):
+        return np.asarray(target, dtype=np.int64)
+    raise ValueError(f"compiled explainers take one class index per example (got {target!r} for {batch} examples)")
 
 
 def try_compile(model: nn.Module, method: str, example_input: Tensor, **kwargs) -> Tuple[Optional[CompiledExplainer], Optional[str]]:

@@ -1,12 +1,18 @@
-"""``make demo``: train the bundled digits CNN, explain one prediction in-process, write a heat map.
+"""``make demo``: the bundled examples, explained in-process and served by TorchServe.
 
-``python -m explain_serve.demo [--out DIR]``. The served demo (TorchServe + curl) lives in
-``explain_serve.demo_serve`` and is what ``make demo`` runs after this in-process part.
+1. in-process: train the digits CNN, explain one prediction with IntegratedGradients, write a PNG;
+2. served: build the example archives, start TorchServe (loopback, token on), send one prediction
+   and one explanation per model with curl, write the served heat map PNG, print a summary, stop.
+
+``python -m explain_serve.demo [--out DIR] [--model-store DIR] [--in-process-only]``
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,20 +47,103 @@ def in_process(out_dir: Path) -> dict:
     return {
         "model": "digits", "train_s": round(train_s, 2), "train_accuracy": round(trained["accuracy"], 4),
         "label": trained["sample_label"], "predicted": pred, "probability": round(float(probs[pred]), 4),
-        "method": "integrated_gradients", "n_steps": 32, "convergence_delta": float(delta[0]),
-        "attribution_sum": float(attr.sum()), "explain_ms": round(explain_ms, 2), "heatmap": str(png),
-        "top_pixels": [list(map(int, np.unravel_index(i, (8, 8))))
-                       for i in attr[0, 0].flatten().argsort(descending=True)[:3].tolist()],
+        "method": "integrated_gradients", "n_steps": 32, "convergence_delta": round(float(delta[0]), 6),
+        "explain_ms": round(explain_ms, 2), "heatmap": str(png),
     }
+
+
+def _curl(url: str, token: str, body: bytes, content_type: str = "application/json") -> dict:
+    """One POST with curl (what a user would type); returns the status and parsed answer."""
+    cmd = ["curl", "-sS", "-X", "POST", url, "-H", f"Authorization: Bearer {token}",
+           "-H", f"Content-Type: {content_type}", "--data-binary", "@-", "-w", "\n%{http_code}"]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, input=body, capture_output=True, check=True).stdout.decode()
+    ms = (time.perf_counter() - t0) * 1000
+    text, _, status = out.rpartition("\n")
+    return {"status": int(status), "answer": json.loads(text), "curl_ms": round(ms, 1)}
+
+
+def served(out_dir: Path, model_store: Path) -> dict:
+    """Build the example archives, serve them, one prediction + one explanation each with curl."""
+    from explain_serve.examples import build_examples, load_example_model
+    from explain_serve.serving import server
+    from explain_serve.serving.server import read_token
+
+    if shutil.which("curl") is None:
+        raise RuntimeError("the served demo uses curl; install it")
+    t0 = time.perf_counter()
+    build_examples(model_store)
+    build_s = time.perf_counter() - t0
+    workdir = out_dir / "server"
+    server.stop(workdir)  # a server left over from an interrupted demo
+    t0 = time.perf_counter()
+    info = server.start(model_store, ["digits", "cancer", "sentiment"], workdir, batch_size=8, max_batch_delay=5)
+    start_s = time.perf_counter() - t0
+    summary = {"build_examples_s": round(build_s, 1), "serve_start_s": round(start_s, 1),
+               "endpoints": info["endpoints"], "token_file": info["token_file"], "models": {}}
+    try:
+        token = read_token(Path(info["token_file"]))["inference"]
+        base = info["endpoints"]["inference"]
+        digits_x = np.load(model_store / "build" / "digits" / "reference.npy")[0]
+        cancer_x = np.load(model_store / "build" / "cancer" / "reference.npy")[0]
+        requests = {
+            "digits": ({"inputs": digits_x.tolist()},
+                       {"inputs": digits_x.tolist(), "output": {"heatmap": True}}),
+            "cancer": ({"inputs": cancer_x.tolist()}, {"inputs": cancer_x.tolist(), "method": "integrated_gradients"}),
+            "sentiment": ({"inputs": "the acting was superb and fun"},
+                          {"inputs": "the acting was superb and fun", "method": _text_method(load_example_model)}),
+        }
+        for name, (pred_body, explain_body) in requests.items():
+            p = _curl(f"{base}/predictions/{name}", token, json.dumps(pred_body).encode())
+            e = _curl(f"{base}/explanations/{name}", token, json.dumps(explain_body).encode())
+            ans = e["answer"]
+            entry = {"prediction_status": p["status"], "explanation_status": e["status"],
+                     "predicted": p["answer"].get("prediction", {}).get("label"),
+                     "method": ans.get("method"), "target": ans.get("target"),
+                     "convergence_delta": ans.get("convergence_delta"), "server_elapsed_ms": ans.get("elapsed_ms"),
+                     "curl_ms": e["curl_ms"]}
+            if name == "sentiment" and "tokens" in ans:
+                entry["tokens"] = {t["token"]: round(t["score"], 3) for t in ans["tokens"]}
+            if name == "cancer" and "features" in ans:
+                top = sorted(ans["features"].items(), key=lambda kv: -abs(kv[1]))[:3]
+                entry["top_features"] = {k: round(v, 4) for k, v in top}
+            if name == "digits" and "heatmap" in ans:
+                png = out_dir / "digits_heatmap_served.png"
+                png.write_bytes(base64.b64decode(ans["heatmap"]))
+                entry["heatmap"] = str(png)
+            if e["status"] != 200:
+                entry["error"] = ans
+            summary["models"][name] = entry
+    finally:
+        server.stop(workdir)
+        summary["stopped"] = True
+    return summary
+
+
+def _text_method(_loader) -> str:
+    """LayerIntegratedGradients when the core has it, else occlusion over tokens."""
+    try:
+        from explain_serve.attr import LayerIntegratedGradients  # noqa: F401
+
+        return "layer_integrated_gradients"
+    except (ImportError, AttributeError):
+        return "occlusion"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="out", help="where the PNG goes (default: out/)")
+    parser.add_argument("--out", default="out", help="where PNGs and the server's workdir go (default: out/)")
+    parser.add_argument("--model-store", default="model_store")
+    parser.add_argument("--in-process-only", action="store_true")
     args = parser.parse_args(argv)
-    summary = in_process(Path(args.out))
+    out = Path(args.out).resolve()
+    summary = {"in_process": in_process(out)}
+    if not args.in_process_only:
+        summary["served"] = served(out, Path(args.model_store).resolve())
     print(json.dumps(summary, indent=2))
-    return 0
+    ok = args.in_process_only or all(m["prediction_status"] == 200 and m["explanation_status"] == 200
+                                     for m in summary["served"]["models"].values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

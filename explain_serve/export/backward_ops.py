@@ -238,12 +238,23 @@ def log_softmax_backward_data(grad_output: Tensor, output: Tensor, dim: int, inp
     return grad_output - torch.exp(output) * grad_output.sum(dim, keepdim=True)
 
 
+def softmax(self: Tensor, dim: int, half_to_float: bool = False) -> Tensor:
+    """Forward ``_softmax`` from primitives (the exporter only knows the public ``softmax``)."""
+    shifted = torch.exp(self - self.amax(dim, keepdim=True))
+    return shifted / shifted.sum(dim, keepdim=True)
+
+
+def log_softmax(self: Tensor, dim: int, half_to_float: bool = False) -> Tensor:
+    shifted = self - self.amax(dim, keepdim=True)
+    return shifted - torch.log(torch.exp(shifted).sum(dim, keepdim=True))
+
+
 def leaky_relu_backward(grad_output: Tensor, self: Tensor, negative_slope, self_is_result: bool) -> Tensor:
     return torch.where(self > 0, grad_output, grad_output * negative_slope)
 
 
 def hardtanh_backward(grad_output: Tensor, self: Tensor, min_val, max_val) -> Tensor:
-    inside = (self > min_val) & (self < max_val)
+    inside = torch.logical_and(self > min_val, self < max_val)
     return torch.where(inside, grad_output, torch.zeros_like(grad_output))
 
 
@@ -285,6 +296,8 @@ _TABLE: Dict[object, Callable] = {
     aten.tanh_backward.default: tanh_backward,
     aten._softmax_backward_data.default: softmax_backward_data,
     aten._log_softmax_backward_data.default: log_softmax_backward_data,
+    aten._softmax.default: softmax,
+    aten._log_softmax.default: log_softmax,
     aten.leaky_relu_backward.default: leaky_relu_backward,
     aten.hardtanh_backward.default: hardtanh_backward,
     aten.gelu_backward.default: gelu_backward,

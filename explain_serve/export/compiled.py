@@ -280,6 +280,7 @@ def compile_explainer(
     rtol: float = 1e-4,
     path: Optional[Union[str, os.PathLike]] = None,
     threads: Optional[int] = None,
+    extra_decompositions: Optional[Dict] = None,
 ) -> "CompiledExplainer":
     """Trace ``method`` on ``model``, export it to ONNX, and check it against eager torch.
 
@@ -287,6 +288,7 @@ def compile_explainer(
     runs at two batch sizes). ``method`` names the Captum class; ``layer`` (a submodule or its dotted
     name) is needed for layer methods. Raises ``CompileError`` when the model or method cannot be
     compiled or the graph's results differ from eager torch by more than ``rtol`` (relative).
+    ``extra_decompositions`` adds or overrides operator translations (see ``backward_ops``).
     """
     if method == "IntegratedGradients" or method == "LayerIntegratedGradients":
         nodes_and_weights(integration, n_steps)  # validates the rule early
@@ -312,7 +314,7 @@ def compile_explainer(
         args = _graph_inputs(spec, x, b, t)
         try:
             axes = _dynamic_axes(spec, x)
-            gm = trace(fn, args, dynamic=[list(axes[name]) for name in names])
+            gm = trace(fn, args, dynamic=[list(axes[name]) for name in names], extra_decompositions=extra_decompositions)
             onnx_bytes = to_onnx(gm, args, names, outputs, opset=opset, dynamic_axes=axes)
         except CompileError:
             raise

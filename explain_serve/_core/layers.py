@@ -113,11 +113,19 @@ def tap(session: HookSession, layer: nn.Module, to_input: bool) -> Any:
     return key
 
 
-def tap_both(session: HookSession, layers: Sequence[nn.Module]) -> None:
-    """Taps on the outputs and inputs of every layer (the side is chosen per call)."""
+def tap_around(session: HookSession, layers: Sequence[nn.Module], install_inner: Callable[[], Any] = lambda: None) -> None:
+    """Taps on the inputs and outputs of every layer (the side is chosen per call), around the
+    hooks that ``install_inner`` registers (a wrapped method's gradient overrides).
+
+    Input taps go first and output taps last, so that a tapped layer's input and output are seen
+    as the rest of the model sees them: the gradient w.r.t. a tapped input is what the (possibly
+    overridden) layer passes back, the gradient w.r.t. a tapped output is what reaches it.
+    """
     for layer in layers:
-        for to_input in (False, True):
-            tap(session, layer, to_input)
+        tap(session, layer, True)
+    install_inner()
+    for layer in layers:
+        tap(session, layer, False)
 
 
 @contextmanager
@@ -174,14 +182,18 @@ def layer_gradients(
     target: TargetType = None,
     args: Optional[Tuple[Any, ...]] = None,
     grad_kwargs: Optional[dict] = None,
+    outputs: Optional[list] = None,
 ) -> Tuple[List[Tuple[Tensor, ...]], List[Tuple[Tensor, ...]]]:
     """Gradients of the selected output (summed over examples) w.r.t. each layer's tensors, and the tensors.
 
-    The one "gradient w.r.t. a layer" helper of the layer and neuron methods.
+    The one "gradient w.r.t. a layer" helper of the layer and neuron methods. The selected output
+    (detached) is appended to ``outputs`` when a list is given.
     """
     with torch.enable_grad():
         out, acts = layer_eval(scratch, layers, to_input, forward_func, inputs, target, args, with_grad=True)
         check_scalar_per_example(out)
+        if outputs is not None:
+            outputs.append(out.detach())
         flat = [t for a in acts for t in a]
         grads = torch.autograd.grad(out.sum(), flat, **{"allow_unused": True, **(grad_kwargs or {})})
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, flat)]

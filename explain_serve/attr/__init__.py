@@ -52,6 +52,9 @@ _EXPORTS = {
     "NeuronDeepLiftShap": "neuron.hooked",
     "NeuronGuidedBackprop": "neuron.hooked",
     "NeuronDeconvolution": "neuron.hooked",
+    # LRP
+    "LRP": "lrp",
+    "LayerLRP": "lrp",
     # bases
     "Attribution": "_base",
     "GradientAttribution": "_base",

@@ -7,7 +7,7 @@ from typing import Callable, List, Sequence
 from torch import nn
 
 from ..._core.hooks import HookedMethod, HookSession
-from ..._core.layers import format_layers, tap_both
+from ..._core.layers import format_layers, tap_around
 from .._base import LayerAttribution
 
 
@@ -38,10 +38,7 @@ class LayerMethod(LayerAttribution, HookedMethod):
         return list(self.layer) if isinstance(self.layer, list) else [self.layer]
 
     def _install_hooks(self, session: HookSession) -> None:
-        for inner in self._inner:
-            inner._install_hooks(session)
-        if self._own_taps:
-            tap_both(session, self.layers)
+        tap_around(session, self.layers if self._own_taps else [], lambda: [inner._install_hooks(session) for inner in self._inner])
 
     def adopt(self, inner):
         self._inner.append(inner)

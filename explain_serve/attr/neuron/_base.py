@@ -15,7 +15,7 @@ from typing import Callable, List
 from torch import nn
 
 from ..._core.hooks import HookedMethod, HookSession
-from ..._core.layers import StopForward, seen, select_neuron, tap_both, tapped
+from ..._core.layers import StopForward, seen, select_neuron, tap_around, tapped
 from .._base import NeuronAttribution
 
 _NEURON = ("neuron",)  # scratch key: (selector, to_input) of the current call
@@ -60,9 +60,7 @@ class NeuronMethod(NeuronAttribution, HookedMethod):
         return super().adopt(inner)
 
     def _install_hooks(self, session: HookSession) -> None:
-        for inner in self._inner:
-            inner._install_hooks(session)
-        tap_both(session, [self.layer])
+        tap_around(session, [self.layer], lambda: [inner._install_hooks(session) for inner in self._inner])
 
     def _on_neuron(self, neuron_selector, attribute_to_neuron_input: bool, run: Callable):
         """Run ``run()`` (a primary method applied to ``self.neuron_output``) for this neuron."""

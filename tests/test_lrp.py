@@ -1,0 +1,145 @@
+"""LRP and LayerLRP: agreement with Captum in float64 (MLP, CNN; every rule), conservation on a
+bias-free network, hand-derived relevances, and nothing stored on or changed in the model."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import explain_serve.attr as ea
+from explain_serve.attr import lrp_rules as ours_rules
+from tests.layer_models import table
+from tests.models import hook_state
+
+captum_attr = pytest.importorskip("captum.attr")
+captum_rules = pytest.importorskip("captum.attr._utils.lrp_rules")
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def _weighted(model):
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+# rule configurations: builder(model, rules module) -> {module: rule}
+RULES = {
+    "default": lambda m, R: {},
+    "epsilon": lambda m, R: {_weighted(m)[-1]: R.EpsilonRule(epsilon=0.05)},
+    "gamma": lambda m, R: {_weighted(m)[0]: R.GammaRule(gamma=0.3)},
+    "gamma_no_bias": lambda m, R: {_weighted(m)[1]: R.GammaRule(set_bias_to_zero=True)},
+    "alpha1_beta0": lambda m, R: {_weighted(m)[1]: R.Alpha1_Beta0_Rule(), _weighted(m)[0]: R.Alpha1_Beta0_Rule(set_bias_to_zero=True)},
+    "identity": lambda m, R: {m.relu: R.IdentityRule()},
+}
+CASES = [(r, n) for r in sorted(RULES) for n in ("mlp", "cnn")]
+
+
+def _assign(model, rules):
+    for module in model.modules():
+        if "rule" in vars(module):
+            del module.rule
+    for module, rule in rules.items():
+        module.rule = rule
+
+
+def _captum(model, rule_case, fn):
+    _assign(model, RULES[rule_case](model, captum_rules))
+    try:
+        return fn()
+    finally:
+        _assign(model, {})
+
+
+@pytest.mark.parametrize("rule_case,name", CASES, ids=[f"{r}-{n}" for r, n in CASES])
+def test_lrp_agrees_with_captum(rule_case, name):
+    model, inputs, _, layer, _, target = table(name)
+    x = inputs[0]
+    rules = RULES[rule_case](model, ours_rules)
+    got, delta = ea.LRP(model, rules=rules).attribute(x, target=target, return_convergence_delta=True)
+    want, want_delta = _captum(model, rule_case, lambda: captum_attr.LRP(model).attribute(x, target=target, return_convergence_delta=True))
+    assert torch.allclose(got, want, atol=1e-5, rtol=0) and torch.allclose(delta, want_delta, atol=1e-5, rtol=0)
+    for to_input in (False, True):
+        got = ea.LayerLRP(model, layer, rules=rules).attribute(x, target=target, attribute_to_layer_input=to_input, return_convergence_delta=True)
+        want = _captum(model, rule_case, lambda: captum_attr.LayerLRP(model, layer).attribute(
+            x, target=target, attribute_to_layer_input=to_input, return_convergence_delta=True))
+        assert torch.allclose(got[0], want[0], atol=1e-5, rtol=0) and torch.allclose(got[1], want[1], atol=1e-5, rtol=0)
+
+
+def test_rules_assigned_on_modules_like_captum():
+    """``module.rule = ...`` is honoured, kept after the call (Captum deletes it) and equals ``rules=``."""
+    model, inputs, _, _, _, target = table("cnn")
+    rule = ours_rules.GammaRule(0.5)
+    by_dict = ea.LRP(model, rules={model.conv1: rule}).attribute(inputs[0], target=target)
+    model.conv1.rule = rule
+    try:
+        by_attr = ea.LRP(model).attribute(inputs[0], target=target)
+        assert model.conv1.rule is rule
+    finally:
+        del model.conv1.rule
+    assert torch.equal(by_dict, by_attr)
+    assert not torch.equal(by_dict, ea.LRP(model).attribute(inputs[0], target=target))
+
+
+def _bias_free():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, bias=False), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 2, bias=False), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5, bias=False), nn.Tanh(), nn.Linear(5, 2, bias=False),
+    ).double()
+
+
+def test_conservation_on_bias_free_network():
+    """Without biases and with a vanishing epsilon, relevance is conserved layer by layer."""
+    model = _bias_free()
+    x = torch.rand(4, 1, 9, 9, dtype=torch.float64)
+    attr, delta = ea.LRP(model).attribute(x, target=1, return_convergence_delta=True)
+    out = model(x)[:, 1].detach()
+    assert torch.allclose(attr.reshape(4, -1).sum(1), out, atol=1e-8)
+    assert delta.abs().max() < 1e-8
+    for layer in (model[3], model[7]):  # every layer carries the whole relevance
+        rel = ea.LayerLRP(model, layer).attribute(x, target=1)
+        assert torch.allclose(rel.reshape(4, -1).sum(1), out, atol=1e-8)
+    with_gamma = ea.LRP(model, rules={model[0]: ours_rules.GammaRule(), model[7]: ours_rules.Alpha1_Beta0_Rule()})
+    assert with_gamma.attribute(x, target=1, return_convergence_delta=True)[1].abs().max() < 1e-8
+
+
+def test_linear_relevances_by_hand():
+    lin = nn.Linear(3, 1, bias=False).double()
+    model = nn.Sequential(lin)
+    x = torch.tensor([[1.0, -2.0, 3.0]], dtype=torch.float64)
+    w = lin.weight[0].detach()
+    assert torch.allclose(ea.LRP(model).attribute(x), x * w, atol=1e-12)  # epsilon -> 0: R_i = x_i w_i
+    ab = ea.LRP(model, rules={lin: ours_rules.Alpha1_Beta0_Rule()}).attribute(x)
+    z_plus = x * w.clamp(min=0)
+    expected = z_plus / z_plus.sum() * (x @ w)  # z+ rule: positive contributions share the output
+    assert torch.allclose(ab, expected, atol=1e-9)
+    eps = ea.LRP(model, rules={lin: ours_rules.EpsilonRule(epsilon=1.0)}).attribute(x)
+    z = (x * w).sum()
+    assert torch.allclose(eps, x * w / (z + torch.sign(z)) * z, atol=1e-12)
+
+
+def test_nothing_stored_and_parameters_untouched():
+    model, inputs, _, layer, _, target = table("cnn")
+    before = hook_state(model)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    ptrs = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    rules = {model.conv1: ours_rules.GammaRule(), model.fc: ours_rules.Alpha1_Beta0_Rule(set_bias_to_zero=True)}
+    ea.LRP(model, rules=rules).attribute(inputs[0], target=target)
+    ea.LayerLRP(model, [layer, model.conv1]).attribute(inputs[0], target=target)
+    with pytest.raises(Exception):
+        ea.LRP(model, rules=rules).attribute(inputs[0], target=(99, 99))
+    assert hook_state(model) == before
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, params[k]) and v.data_ptr() == ptrs[k]
+    assert all(not hasattr(m, attr) for m in model.modules() for attr in ("activations", "rule", "activation"))
+
+
+def test_unsupported_layer_raises_type_error():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 1)).double()
+    with pytest.raises(TypeError):
+        ea.LRP(model).attribute(torch.rand(2, 3, dtype=torch.float64))
+    assert hook_state(model) == hook_state(nn.Sequential(nn.Linear(3, 3), nn.Sigmoid(), nn.Linear(3, 1)))
+    out = ea.LRP(model, rules={model[1]: ours_rules.IdentityRule()}).attribute(torch.rand(2, 3, dtype=torch.float64))
+    assert out.shape == (2, 3)
+    with pytest.raises(TypeError):
+        ea.LRP(model, rules={model[1]: "epsilon"})

@@ -220,3 +220,32 @@ def test_frozen_model_layer_gradients():
         p.requires_grad_(False)
     got = ea.LayerGradientXActivation(model, layer).attribute(inputs[0], target=target)
     assert torch.allclose(got, expected, atol=1e-12)
+
+
+def test_interpretable_embedding_equals_layer_integrated_gradients():
+    """Captum's embedding route (IG on embeddings fed through the swapped layer) = LIG on the layer."""
+    from tests.models import hook_state
+
+    model, (ids,), args, _, _, _ = table("text")
+    before = hook_state(model)
+    original = model.emb
+    lig = ea.LayerIntegratedGradients(model, model.emb).attribute(ids, target=1, additional_forward_args=args, n_steps=16)
+    wrapper = ea.configure_interpretable_embedding_layer(model, "emb")
+    try:
+        assert model.emb is wrapper
+        with pytest.raises(AssertionError):
+            ea.configure_interpretable_embedding_layer(model, "emb")
+        emb = wrapper.indices_to_embeddings(ids)
+        ref = wrapper.indices_to_embeddings(torch.zeros_like(ids))
+        ig = ea.IntegratedGradients(model).attribute(emb, ref, target=1, additional_forward_args=args, n_steps=16)
+    finally:
+        ea.remove_interpretable_embedding_layer(model, wrapper)
+    assert model.emb is original and hook_state(model) == before
+    assert torch.allclose(ig, lig, atol=1e-12)
+    with pytest.raises(RuntimeError):
+        with ea.interpretable_embedding(model, "emb") as w:
+            assert model.emb is w
+            raise RuntimeError("restored even on error")
+    assert model.emb is original
+    ref_ids = ea.TokenReferenceBase(reference_token_idx=0).generate_reference(5, torch.device("cpu"))
+    assert ref_ids.tolist() == [0] * 5

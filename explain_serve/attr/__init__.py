@@ -55,6 +55,12 @@ _EXPORTS = {
     # LRP
     "LRP": "lrp",
     "LayerLRP": "lrp",
+    # embedding helpers
+    "configure_interpretable_embedding_layer": "embeddings",
+    "remove_interpretable_embedding_layer": "embeddings",
+    "interpretable_embedding": "embeddings",
+    "InterpretableEmbeddingBase": "embeddings",
+    "TokenReferenceBase": "embeddings",
     # bases
     "Attribution": "_base",
     "GradientAttribution": "_base",

@@ -13,6 +13,9 @@ class ExplainHandler(BaseHandler):
         self.context = context
         self.service = ExplainService.from_context(context)
         self.model = self.service.model
+        from explain_serve.export.serving import install  # ONNX Runtime artifacts, when the archive has them
+
+        install(self.service)
         self.initialized = True
 
     def handle(self, data, context):

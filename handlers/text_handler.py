@@ -15,6 +15,9 @@ class TextExplainHandler(BaseHandler):
         self.context = context
         self.service = ExplainService.from_context(context, kind=self.kind)
         self.model = self.service.model
+        from explain_serve.export.serving import install  # ONNX Runtime artifacts, when the archive has them
+
+        install(self.service)
         self.initialized = True
 
     def handle(self, data, context):

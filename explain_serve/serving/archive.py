@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import logging
 import shutil
 import subprocess
@@ -53,8 +54,12 @@ def _infer_features(model: nn.Module) -> int:
 
 def archive(name: str, model: Path, kind: str, model_store: Path, config: Optional[Path] = None,
             reference_data: Optional[Path] = None, weights: Optional[Path] = None,
-            extra_files: Iterable[Path] = (), version: str = "1.0", handler: Optional[Path] = None) -> Path:
-    """Write ``model_store/NAME.mar``; returns its path. ``model`` is TorchScript or an eager .py file (+ ``weights``)."""
+            extra_files: Iterable[Path] = (), version: str = "1.0", handler: Optional[Path] = None,
+            runtime: str = "torch") -> Path:
+    """Write ``model_store/NAME.mar``; returns its path. ``model`` is TorchScript or an eager .py file (+ ``weights``).
+
+    ``runtime="onnx"`` also packs model.onnx and compiled explainers (``explain_serve.export.serving``).
+    """
     from .service import ExplainService
 
     model, model_store = Path(model), Path(model_store)
@@ -113,6 +118,16 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
         for e in extras:
             if e.parent != stage:
                 shutil.copy(e, stage / e.name)
+        if runtime == "onnx":  # ONNX Runtime predictions and compiled explainers (explain_serve.export)
+            from ..export.serving import build_archive_files
+            from .service import load_model
+
+            vocab = (cfg["input"].get("text") or {}).get("vocab") if kind == "text" else None
+            vocab_size = len(json.loads((stage / vocab).read_text())) if vocab else None
+            onnx_model = load_model(stage, cfg, stage / serialized, model_file)
+            extras += build_archive_files(stage, onnx_model, cfg, reference, vocab_size)
+        elif runtime != "torch":
+            raise ConfigError(f"runtime must be torch or onnx, got {runtime!r}")
         ExplainService(stage, serialized, name, version, model_file, kind).close()  # fails here, not in the server
         handler = Path(handler) if handler else HANDLERS_DIR / HANDLERS[kind]
         model_store.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ def _archive(args) -> int:
                    config=Path(args.config) if args.config else None,
                    reference_data=Path(args.reference_data) if args.reference_data else None,
                    weights=Path(args.weights) if args.weights else None,
-                   extra_files=[Path(p) for p in args.extra_files], version=args.version)
+                   extra_files=[Path(p) for p in args.extra_files], version=args.version,
+                   runtime=args.runtime)
     print(json.dumps({"archive": str(path)}))
     return 0
 
@@ -92,6 +93,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--weights", help="state dict for an eager model file")
     a.add_argument("--extra-files", nargs="*", default=[], help="more files to pack (e.g. a vocabulary)")
     a.add_argument("--version", default="1.0")
+    a.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: also pack model.onnx and compiled explainers, served by ONNX Runtime")
     a.add_argument("--model-store", default=DEFAULT_STORE)
     a.set_defaults(func=_archive)
 
@@ -125,6 +128,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--grpc", action="store_true")
     e.add_argument("--workdir", default=DEFAULT_WORKDIR)
     e.set_defaults(func=_explain)
+
+    from .export.cli import add_subcommand as add_export  # explain-serve export (explain_serve.export)
+
+    add_export(sub)
     return p
 
 

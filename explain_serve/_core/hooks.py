@@ -49,17 +49,20 @@ class _InputTap(torch.autograd.Function):
 
 
 class _OutputTap(torch.autograd.Function):
-    """Identity whose backward records the gradient arriving at a module's output."""
+    """Identity whose backward records the gradient arriving at a module's output (and, with an
+    ``output_rule``, replaces what the module's own backward receives)."""
 
     @staticmethod
-    def forward(ctx, y, record):  # type: ignore[override]
-        ctx.record = record
+    def forward(ctx, y, record, output_rule):  # type: ignore[override]
+        ctx.record, ctx.output_rule = record, output_rule
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         ctx.record.grad_output = grad
-        return grad, None
+        if ctx.output_rule is not None:
+            grad = ctx.output_rule(ctx.record, grad)
+        return grad, None, None
 
 
 GradRule = Callable[[GradRecord, Tensor], Tensor]
@@ -94,12 +97,14 @@ class HookSession:
         """``fn(scratch, module, inputs)``; a non-None return replaces the inputs."""
         self._handles.append(module.register_forward_pre_hook(self._guard(fn)))
 
-    def override_gradient(self, module: nn.Module, rule: GradRule) -> None:
+    def override_gradient(self, module: nn.Module, rule: GradRule, output_rule: Optional[GradRule] = None) -> None:
         """Replace the gradient from ``module``'s output to its first input by ``rule(record, grad)``.
 
         ``grad`` is the module's true input gradient; ``record`` holds the detached input and output
         of that call and the gradient at its output. Works for modules called several times per
-        forward and for in-place modules.
+        forward and for in-place modules. ``output_rule(record, grad_output)``, if given, replaces
+        the gradient entering the module's own backward (``grad`` is then the module's backward of
+        that), e.g. a normalisation that makes the module's vector-Jacobian product do the rest.
         """
         stack_key = ("override", id(module))
 
@@ -116,7 +121,7 @@ class HookSession:
             if record is None or not isinstance(output, Tensor):
                 return None
             record.outputs = output.detach()
-            return _OutputTap.apply(output, record)
+            return _OutputTap.apply(output, record, output_rule)
 
         self.forward_pre_hook(module, pre)
         self.forward_hook(module, post)

@@ -84,10 +84,19 @@ class LRP(GradientAttribution, HookedMethod):
         return default() if default is not None else _NO_RULE
 
     def _relevance(self, rec: GradRecord, grad):
+        """Input relevance; ``grad`` is the module's backward of ``_normalised`` output relevance."""
         rule = self._rule_for(rec.module)
         if rule is None or rule is _NO_RULE:
             return rec.grad_output
+        if rule.uses_module_backward():
+            return rec.inputs * grad
         return rule.propagate(rec.module, rec.inputs, rec.grad_output)
+
+    def _normalised(self, rec: GradRecord, grad_output):
+        rule = self._rule_for(rec.module)
+        if rule is None or rule is _NO_RULE or not rule.uses_module_backward():
+            return grad_output
+        return rule.stabilised(rec.outputs, grad_output)
 
     def _install_hooks(self, session: HookSession) -> None:
         for module in _leaves(self.model):
@@ -102,7 +111,7 @@ class LRP(GradientAttribution, HookedMethod):
                 )
             if self.verbose:
                 print(f"Applied {rule} on layer {module}")
-            session.override_gradient(module, self._relevance)
+            session.override_gradient(module, self._relevance, self._normalised)
 
     def attribute(self, inputs, target=None, additional_forward_args=None, return_convergence_delta: bool = False, verbose: bool = False):
         self.verbose = verbose

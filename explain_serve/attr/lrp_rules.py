@@ -46,14 +46,22 @@ class PropagationRule:
             return F.batch_norm(a, module.running_mean, module.running_var, weight, bias, False, 0.0, module.eps)
         raise TypeError(f"{type(self).__name__} cannot modify the parameters of {type(module).__name__}")
 
+    def stabilised(self, z: Tensor, relevance: Tensor) -> Tensor:
+        """``relevance / (z + eps * sign(z))`` (sign 0 counted as +)."""
+        sign = torch.where(z == 0, torch.ones_like(z), torch.sign(z))
+        return relevance / (z + sign * self.STABILITY_FACTOR)
+
+    def uses_module_backward(self) -> bool:
+        """True when the layer is unmodified, so its own backward is the ``J^T`` of the rule: the
+        relevance is then propagated in the ordinary backward pass, with no re-evaluation."""
+        return not self._modifies() and type(self).propagate is PropagationRule.propagate
+
     def propagate(self, module: nn.Module, a: Tensor, relevance: Tensor) -> Tensor:
         """Relevance at the input from the (normalised) relevance at the output."""
         with torch.enable_grad():
             a_ = a.detach().requires_grad_(True)
             z = self.layer_output(module, a_)
-            sign = torch.where(z == 0, torch.ones_like(z), torch.sign(z))
-            scaled = relevance / (z.detach() + sign * self.STABILITY_FACTOR)
-            (c,) = torch.autograd.grad(z, a_, scaled)
+            (c,) = torch.autograd.grad(z, a_, self.stabilised(z.detach(), relevance))
         return a * c
 
 

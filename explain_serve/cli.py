@@ -39,7 +39,7 @@ def _serve(args) -> int:
                                "metrics": args.metrics_port}.items() if v}
     info = server.start(Path(args.model_store), args.models or [], Path(args.workdir), host=args.host, ports=ports,
                         token=not args.no_token, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
-                        max_response_size=args.max_response_size)
+                        max_response_size=args.max_response_size, torch_threads=args.torch_threads)
     print(json.dumps({k: info[k] for k in ("endpoints", "pid", "token_file", "models", "workdir", "logs")}))
     return 0
 
@@ -110,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds (>= 1)")
     s.add_argument("--max-response-size", type=int, default=6553500)
+    s.add_argument("--torch-threads", type=int, help="intra-op threads per worker (default 1)")
     s.add_argument("--no-token", action="store_true", help="turn token authorization off")
     s.set_defaults(func=_serve)
 

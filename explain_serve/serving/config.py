@@ -7,6 +7,7 @@ Fields (all optional except ``kind``)::
            # absent: the serialized file is TorchScript
     labels: [..]                      # class names; default "0", "1", ...
     output: logits | probabilities    # what the model returns (default logits)
+    torch_threads: 1                  # intra-op threads of the worker (env EXPLAIN_SERVE_TORCH_THREADS wins)
     input:
       shape: [C, H, W] | [n_features]  # one item without the batch axis
       variable_size: false            # image: H, W may differ from shape (fully convolutional models)

@@ -127,7 +127,7 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
           ports: Optional[Dict[str, int]] = None, token: bool = True, batch_size: int = 1,
           max_batch_delay: int = 5, max_response_size: int = DEFAULT_MAX_RESPONSE,
           max_request_size: int = DEFAULT_MAX_REQUEST, per_model: Optional[Dict[str, Dict[str, Any]]] = None,
-          timeout: float = 240.0) -> Dict[str, Any]:
+          torch_threads: Optional[int] = None, timeout: float = 240.0) -> Dict[str, Any]:
     """Start TorchServe, wait for READY workers, and return (and record) what a client needs."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise RuntimeError("TorchServe needs Java 17+: install a JDK or set JAVA_HOME")
@@ -159,6 +159,8 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
     env = dict(os.environ)
     env.update(TMPDIR=str(tmp), TEMP=str(tmp), LOG_LOCATION=str(logs), METRICS_LOCATION=str(logs),
                EXPLAIN_SERVE_MAX_RESPONSE_SIZE=str(max_response_size))
+    if torch_threads:
+        env["EXPLAIN_SERVE_TORCH_THREADS"] = str(torch_threads)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.pop("TS_CONFIG_FILE", None)
     launcher = Path(sys.executable).parent / "torchserve"

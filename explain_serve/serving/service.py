@@ -36,6 +36,7 @@ from .requests import Item, Parser, is_true, read_body
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_ENV = "EXPLAIN_SERVE_MAX_RESPONSE_SIZE"
+THREADS_ENV = "EXPLAIN_SERVE_TORCH_THREADS"
 Result = Tuple[int, str]
 
 
@@ -114,8 +115,15 @@ class ExplainService:
 
     @classmethod
     def from_context(cls, context, kind: Optional[str] = None) -> "ExplainService":
-        """Build from a TorchServe worker context (model_dir and manifest)."""
+        """Build from a TorchServe worker context (model_dir and manifest).
+
+        A worker serves one model on a machine shared with the frontend and other workers: its
+        intra-op threads default to 1 (``EXPLAIN_SERVE_TORCH_THREADS`` or the config's
+        ``torch_threads`` raise it), which avoids oversubscribing small machines.
+        """
         manifest = context.manifest or {}
+        cfg = load_file(Path(context.system_properties.get("model_dir")) / CONFIG_NAME)
+        torch.set_num_threads(int(os.environ.get(THREADS_ENV) or cfg.get("torch_threads") or 1))
         model = manifest.get("model", {})
         return cls(context.system_properties.get("model_dir"), model.get("serializedFile"),
                    model.get("modelName", getattr(context, "model_name", "model")), model.get("modelVersion", "1.0"),

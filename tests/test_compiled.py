@@ -8,7 +8,6 @@ translations are also checked one by one against PyTorch's own backward kernels.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from .._core.quadrature import nodes_and_weights
 from ._trace import DEFAULT_OPSET, example_batch_size, to_onnx, trace
-from .runtime import OnnxModel, make_session, to_numpy
+from .runtime import OnnxModel
 
 METHODS = ("Saliency", "InputXGradient", "IntegratedGradients", "LayerGradCam", "LayerIntegratedGradients")
 PATH_METHODS = ("IntegratedGradients", "LayerIntegratedGradients")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .compiled import CompileError, CompiledExplainer, compile_explainer
-from .model import ExportError, export_model
+from .model import export_model
 from .runtime import OnnxModel
 
 logger = logging.getLogger(__name__)
@@ -111,9 +111,10 @@ class OnnxBackend:
     def __init__(self, model_dir: Path, manifest: Dict[str, Any]):
         self.model_dir = Path(model_dir)
         self.manifest = manifest
-        self.model = OnnxModel(self.model_dir / manifest["model"]) if manifest.get("model") else None
+        threads = torch.get_num_threads()  # as many as the worker gives torch: no oversubscription
+        self.model = OnnxModel(self.model_dir / manifest["model"], threads=threads) if manifest.get("model") else None
         self.explainers: Dict[str, CompiledExplainer] = {
-            method: CompiledExplainer.load(self.model_dir / entry["file"])
+            method: CompiledExplainer.load(self.model_dir / entry["file"], threads=threads)
             for method, entry in (manifest.get("explainers") or {}).items()
         }
         self.not_compiled: Dict[str, str] = dict(manifest.get("not_compiled") or {})

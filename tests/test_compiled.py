@@ -145,6 +145,18 @@ def test_integrated_gradients_matches_eager_core(name, integration):
     assert float((delta.double() - expected_delta.double()).abs().max()) < 1e-4 * max(scale, 1.0)
 
 
+@pytest.mark.parametrize("method", ["Saliency", "IntegratedGradients"])
+def test_channels_last_model(method):
+    """Weights in channels-last layout (as training can leave them) trace to other view operators."""
+    model, example, x, _ = model_case("digits")
+    model = model.to(memory_format=torch.channels_last)
+    compiled = compile_explainer(model, method, example, n_steps=8) if method != "Saliency" else compile_explainer(model, method, example)
+    t = targets_for(model, x)
+    kwargs = {"n_steps": 8} if method != "Saliency" else {}
+    expected = getattr(attr, method)(model).attribute(x, target=t, **kwargs)
+    assert rel(compiled.attribute(x, target=t), expected) < RTOL
+
+
 def test_integrated_gradients_target_forms_and_saved_graph(tmp_path):
     model, example, x, _ = model_case("mlp")
     path = tmp_path / "ig.onnx"

@@ -62,6 +62,8 @@ def _dynamic_sizes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             node.replace_all_uses_with(node.args[0])  # constants made by torch.tensor(...)
             gm.graph.erase_node(node)
             continue
+        if node.target is torch.ops.aten._unsafe_view.default:  # no exporter entry; a view is the same op
+            node.target = torch.ops.aten.view.default
         if node.target is torch.ops.aten._to_copy.default:  # dtype casts: no exporter entry for _to_copy
             dtype = node.kwargs.get("dtype")
             node.op, node.target = "call_method", "to"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_STORE = "model_store"
-DEFAULT_WORKDIR = ".explain-serve"
+DEFAULT_WORKDIR = "out/torchserve"  # out/ is gitignored
 
 
 def _build_examples(args) -> int:

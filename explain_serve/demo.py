@@ -74,7 +74,7 @@ def served(out_dir: Path, model_store: Path) -> dict:
     t0 = time.perf_counter()
     build_examples(model_store)
     build_s = time.perf_counter() - t0
-    workdir = out_dir / "server"
+    workdir = out_dir / "demo-server"
     server.stop(workdir)  # a server left over from an interrupted demo
     t0 = time.perf_counter()
     info = server.start(model_store, ["digits", "cancer", "sentiment"], workdir, batch_size=8, max_batch_delay=5)

@@ -154,3 +154,45 @@ def test_owned_method_shares_owner_session():
     assert outer.run() and Inner.installs == 1
     with pytest.raises(RuntimeError):
         outer.inner.run()  # an owned method cannot be called on its own
+
+
+def test_active_session_hooks_fire_only_in_the_calling_thread():
+    """While one request's call has its taps armed, a forward of the same model in another
+    thread (a plain prediction, say) is not affected."""
+    import threading
+
+    from explain_serve._core.layers import tapped
+
+    model, inputs, _, layer, _, _ = table("mlp")
+    x = inputs[0]
+    expected = model(x).detach()
+    method = ea.LayerGradientXActivation(model, layer).reusable()
+    try:
+        with method._hooks() as scratch:
+            acts = model.fc2(model.relu(model.fc1(x))).detach()
+            with tapped(scratch, [layer], False, values=[(torch.zeros_like(acts),)]):
+                here = model(x).detach()
+                box = {}
+                worker = threading.Thread(target=lambda: box.setdefault("out", model(x).detach()))
+                worker.start()
+                worker.join()
+        assert not torch.allclose(here, expected)  # substituted in the calling thread
+        assert torch.equal(box["out"], expected)  # untouched elsewhere
+    finally:
+        method.close()
+
+
+def test_concurrent_one_off_calls_on_one_method_and_model():
+    """Two threads explaining with the same (one-off) method object get their own answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, inputs, _, layer, sel, _ = table("cnn")
+    x = inputs[0]
+    method = ea.NeuronDeepLift(model, layer)
+    expected = [method.attribute(x * s, sel) for s in (1.0, 2.0)]
+    before = hook_state(model)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: method.attribute(x * (1.0 + i % 2), sel), range(24)))
+    for i, r in enumerate(results):
+        assert torch.allclose(r, expected[i % 2], atol=1e-12)
+    assert hook_state(model) == before

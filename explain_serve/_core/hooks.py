@@ -74,6 +74,7 @@ class HookSession:
     def __init__(self) -> None:
         self._handles: List[Any] = []
         self._active = False
+        self._thread: Optional[int] = None
         self._lock = threading.RLock()
         self.scratch: Dict[Any, Any] = {}
 
@@ -83,7 +84,9 @@ class HookSession:
 
         def hook(*args, **kwargs):
             session = ref()
-            if session is None or not session._active:
+            # only in the thread running the call: a concurrent forward of the same model in
+            # another thread (a prediction, another method's call) never sees this call's hooks
+            if session is None or not session._active or session._thread != threading.get_ident():
                 return None
             return fn(session.scratch, *args, **kwargs)
 
@@ -135,11 +138,11 @@ class HookSession:
     def active(self) -> Iterator[Dict[Any, Any]]:
         """Run the hooks for one call; scratch is cleared on the way out, whatever happens."""
         with self._lock:
-            self._active = True
+            self._active, self._thread = True, threading.get_ident()
             try:
                 yield self.scratch
             finally:
-                self._active = False
+                self._active, self._thread = False, None
                 self.scratch.clear()
 
     def remove(self) -> None:
@@ -176,11 +179,19 @@ class HookedMethod:
 
     _hook_session: Optional[HookSession] = None
     _hook_owner: Optional["HookedMethod"] = None
-    _call: Optional[tuple] = None  # (thread id, scratch) while a call is in progress
-
     def _current_scratch(self) -> Optional[Dict[Any, Any]]:
-        call = self._call
-        return call[1] if call is not None and call[0] == threading.get_ident() else None
+        """The scratch of this method's call in progress in the current thread, if any."""
+        calls = self.__dict__.get("_calls")
+        return calls.get(threading.get_ident()) if calls else None
+
+    @contextmanager
+    def _in_call(self, scratch: Dict[Any, Any]) -> Iterator[Dict[Any, Any]]:
+        calls = self.__dict__.setdefault("_calls", {})  # per thread: concurrent one-off calls are independent
+        calls[threading.get_ident()] = scratch
+        try:
+            yield scratch
+        finally:
+            calls.pop(threading.get_ident(), None)
 
     def adopt(self, inner: "HookedMethod") -> "HookedMethod":
         """Make ``inner`` run inside this method's hook session (see the class docstring)."""
@@ -226,21 +237,13 @@ class HookedMethod:
             yield scratch
             return
         if self._hook_session is not None:
-            with self._hook_session.active() as scratch:
-                self._call = (threading.get_ident(), scratch)
-                try:
-                    yield scratch
-                finally:
-                    self._call = None
+            with self._hook_session.active() as scratch, self._in_call(scratch):
+                yield scratch
             return
         session = HookSession()
         try:
             self._install_hooks(session)
-            with session.active() as scratch:
-                self._call = (threading.get_ident(), scratch)
-                try:
-                    yield scratch
-                finally:
-                    self._call = None
+            with session.active() as scratch, self._in_call(scratch):
+                yield scratch
         finally:
             session.remove()

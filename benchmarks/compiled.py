@@ -10,9 +10,11 @@ run and on the same inputs:
   and for Saliency where it applies.
 
 Latencies are medians over repeated calls after warm-up, for one request of ``--batch`` items.
+Torch and ONNX Runtime get the same number of intra-op threads (``--threads``, default 1 as in a
+TorchServe worker of this project).
 The models are trained (seconds) so inputs and attributions are realistic; ``--untrained`` skips it.
 
-    python benchmarks/compiled.py [--batch 1] [--repeats 200] [--json out.json]
+    python benchmarks/compiled.py [--batch 1] [--threads 1] [--repeats 200] [--json out.json]
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def eager_method(name: str, model: torch.nn.Module, method: str, layer: Optional
     return cls(model, model.get_submodule(layer)) if layer else cls(model)
 
 
-def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir: Path) -> List[Dict]:
+def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir: Path, threads: int) -> List[Dict]:
     torch.manual_seed(0)
     if untrained:
         cls = {"digits": examples.DigitsCNN, "cancer": examples.CancerMLP, "sentiment": examples.SentimentClassifier}[name]
@@ -95,7 +97,7 @@ def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir:
 
     rows: List[Dict] = []
     report = export_model(model, x, out_dir / f"{name}.onnx", reference_inputs=example_data(name, trained, 64))
-    ort_model = OnnxModel(out_dir / f"{name}.onnx")
+    ort_model = OnnxModel(out_dir / f"{name}.onnx", threads=threads)
     with torch.inference_mode():
         torch_ms = median_ms(lambda: model(x), repeats)
     ort_ms = median_ms(lambda: ort_model(x), repeats)
@@ -109,7 +111,7 @@ def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir:
     for method, layer_name in methods:
         path_method = "IntegratedGradients" in method
         kwargs = {"n_steps": n_steps} if path_method else {}
-        compiled = compile_explainer(model, method, x, layer=layer_name, **kwargs)
+        compiled = compile_explainer(model, method, x, layer=layer_name, threads=threads, **kwargs)
         if path_method:
             run_compiled = lambda: compiled.attribute(x, baseline, target, return_convergence_delta=True)  # noqa: E731
         else:
@@ -139,15 +141,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ONNX Runtime")
     parser.add_argument("--examples", nargs="*", default=list(examples.EXAMPLES))
     parser.add_argument("--untrained", action="store_true", help="skip training (latency does not depend on it)")
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
 
+    torch.set_num_threads(args.threads)
     rows: List[Dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.examples:
-            rows += bench_example(name, args.batch, args.repeats, args.untrained, Path(tmp))
+            rows += bench_example(name, args.batch, args.repeats, args.untrained, Path(tmp), args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}; medians in ms")
     header = f"{'example':<10} {'what':<8} {'method':<36} {'torch/eager':>11} {'onnx':>9} {'speedup':>8}  check"
     print(header)

@@ -36,7 +36,7 @@ def _no_weight_grads(output_mask: Sequence[bool], what: str) -> None:
 # -- activations -------------------------------------------------------------------------------------
 def threshold_backward(grad_output: Tensor, self: Tensor, threshold) -> Tensor:
     """ReLU's backward: pass the gradient where the input exceeds the threshold."""
-    return torch.where(self <= threshold, torch.zeros_like(grad_output), grad_output)
+    return torch.where(self <= threshold, grad_output.new_zeros(()), grad_output)
 
 
 # -- indexing -----------------------------------------------------------------------------------------

@@ -77,16 +77,22 @@ def _frozen_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return forward
 
 
-def _select(out: Tensor, target: Optional[Tensor]) -> Tensor:
-    """The explained score of each example; a one-hot product, so its backward is one multiply."""
+def _select(out: Tensor, target: Optional[Tensor], copies: int = 1) -> Tensor:
+    """The explained score of each example; a one-hot product, so its backward is one multiply.
+
+    ``out`` holds ``copies`` stacked copies of the batch that ``target`` describes; the result has
+    shape (copies, batch) when ``copies > 1`` (no repeated targets in the graph).
+    """
     if target is None:
         if out.dim() > 1 and out[0].numel() != 1:
             raise CompileError(f"the model returns {tuple(out.shape[1:])} values per example; a target is needed")
-        return out.reshape(out.shape[0])
+        return out.reshape(copies, -1) if copies > 1 else out.reshape(out.shape[0])
     if out.dim() != 2:
         raise CompileError(f"compiled explainers select a class from a (batch, classes) output, got {out.dim()}-D")
     classes = torch.arange(out.shape[1], device=out.device).unsqueeze(0)
     onehot = (classes == target.reshape(-1, 1)).to(out.dtype)
+    if copies > 1:
+        return (out.reshape(copies, -1, out.shape[1]) * onehot).sum(-1)
     return (out * onehot).sum(1)
 
 
@@ -142,8 +148,10 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
         t = args.pop(0) if spec.has_target else None
         return x, b, t
 
-    def gradient_of(x_like: Tensor, score: Tensor) -> Tensor:
-        return torch.autograd.grad(score.sum(), x_like)[0]
+    def gradient_of(x_like: Tensor, score: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+        # d(sum of weight * score)/d(x_like), seeded with an explicit gradient: no shape plumbing in the graph
+        seed = torch.zeros_like(score.detach()) + (1.0 if weight is None else weight)
+        return torch.autograd.grad(score, x_like, grad_outputs=seed)[0]
 
     def saliency(*args):
         x, _, t = unpack(args)
@@ -162,12 +170,11 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
         w = torch.tensor(weights, dtype=x.dtype).reshape(_weights_shape(n, x))
         points = b.unsqueeze(0) + a * diff.unsqueeze(0)
         rows = torch.cat([points, x.unsqueeze(0), b.unsqueeze(0)]).reshape([-1] + list(x.shape[1:]))
-        tt = t.repeat(n + 2) if t is not None else None
         with torch.enable_grad():
             rows = rows.detach().requires_grad_(True)
-            scores = _select(forward(rows), tt).reshape(n + 2, -1)
+            scores = _select(forward(rows), t, copies=n + 2)
             on_path = torch.tensor([1.0] * n + [0.0, 0.0], dtype=scores.dtype).reshape(n + 2, 1)
-            g = gradient_of(rows, scores * on_path)
+            g = gradient_of(rows, scores, on_path)
         g = g.reshape([n + 2] + list(x.shape))[:n]
         attributions = (g * w).sum(0) * diff
         scores = scores.detach()

@@ -16,6 +16,34 @@ from tests.layer_models import table
 from tests.models import hook_state
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _held_tensors(obj, seen=None):
+    """Tensors reachable from a method object (modules excluded: they hold only the model's own)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or isinstance(obj, torch.nn.Module):
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        items = list(obj)
+    elif hasattr(obj, "__dict__") and not callable(obj) or isinstance(obj, (HookedMethod, ea.Attribution)):
+        items = list(vars(obj).values())
+    else:
+        return []
+    return [t for item in items for t in _held_tensors(item, seen)]
+
+
 def _n_hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
 
@@ -119,6 +147,7 @@ def test_reusable_session_constant_hooks_no_retained_tensors(case):
                 assert ref() is None, "the call retained its input"
             assert _n_hooks(model) == registered
             assert m._hook_session.scratch == {}
+        assert _held_tensors(m) == [], "the method keeps tensors between calls"
         for a, b in zip(out if isinstance(out, list) else [out], reference if isinstance(reference, list) else [reference]):
             assert torch.allclose(a, b, atol=1e-12)
         with pytest.raises(Exception):

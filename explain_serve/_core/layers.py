@@ -47,9 +47,10 @@ def captured(scratch: dict, key: Any) -> Tuple[Tensor, ...]:
 # modules downstream cannot alter them) or *substitutes* given values for them, so the layer
 # can be treated as the input of the rest of the model.
 # --------------------------------------------------------------------------------------------
-class StopForward(Exception):
+class StopForward(BaseException):
     """Raised by a tap armed with ``stop=True`` once it has captured the layer: nothing after the
-    layer is needed (neuron methods), so the rest of the forward is skipped."""
+    layer is needed (neuron methods), so the rest of the forward is skipped. A BaseException, so
+    that a model's own ``except Exception`` blocks do not swallow it."""
 
 
 class Tap:

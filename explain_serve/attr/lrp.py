@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-import torch
 from torch import nn
 
 from .._core.gradients import gradients_and_outputs

@@ -7,7 +7,10 @@ the gradient of the output w.r.t. the layer (``_core.layers.layer_gradients``):
 * conductance multiplies it by the change of the layer's activation to the next path point,
   ``sum_k grad_k * (a_{k+1} - a_k)`` over ``n_steps + 1`` points (Captum's discretisation), so
   the conductances of all of a layer's neurons sum to the output difference (the layer's share
-  of the Integrated Gradients total).
+  of the Integrated Gradients total). This couples consecutive path points, so it is not a
+  weighted sum of per-point values: it uses the shared path points, quadrature nodes and
+  chunking (``paths.path_points``, ``quadrature``, ``batching.chunks``), carrying the last point
+  of each chunk into the next, rather than ``integrate``.
 """
 from __future__ import annotations
 

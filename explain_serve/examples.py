@@ -158,7 +158,20 @@ def _fit(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, batch: 
 
 
 def train(name: str, seed: int = 0) -> Dict:
-    """Train one example; returns its model, reference data and the facts its config needs."""
+    """Train one example; returns its model, reference data and the facts its config needs.
+
+    Runs on one intra-op thread: the same arithmetic on every machine (deterministic weights), and
+    no oversubscription on small shared machines, where two threads were several times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(name, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(name: str, seed: int) -> Dict:
     torch.manual_seed(seed)
     if name == "digits":
         x, y = digits_data()

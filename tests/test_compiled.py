@@ -8,6 +8,9 @@ translations are also checked one by one against PyTorch's own backward kernels.
 """
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -384,3 +387,89 @@ def test_activation_model_compiles_and_matches():
     compiled = compile_explainer(model, "IntegratedGradients", x[:3], n_steps=10)
     expected = attr.IntegratedGradients(model).attribute(x, target=1, n_steps=10)
     assert rel(compiled.attribute(x, target=1), expected) < RTOL
+
+
+# -- serving integration (in-process; over TorchServe in tests/serving/test_serve_compiled.py) ----------
+class Upsampling(nn.Module):
+    """Bilinear upsampling: its forward exports, its backward has no translation (so no compiled graph)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.fc = nn.Linear(2 * 16 * 16, 3)
+
+    def forward(self, x):
+        up = F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
+        return self.fc(up.flatten(1))
+
+
+def _service(tmp_path, model, cfg, methods):
+    """The parts of an ExplainService that ``install`` uses (model_dir, methods, cfg, predictions)."""
+    from types import SimpleNamespace
+
+    def probabilities(x):
+        with torch.no_grad():
+            return torch.softmax(model(x), 1)
+
+    return SimpleNamespace(model_dir=tmp_path, model_name="m", cfg=cfg, methods=methods, _probabilities=probabilities)
+
+
+def _cfg(kind, shape, methods, layer=None, n_steps=8):
+    return {"kind": kind, "output": "logits", "input": {"shape": shape},
+            "explain": {"methods": {m: {} for m in methods}, "layer": layer,
+                        "default_params": {"integrated_gradients": {"n_steps": n_steps}}}}
+
+
+def test_uncompilable_model_is_served_eagerly_with_the_reason_logged(tmp_path, caplog):
+    from explain_serve.export.serving import build_archive_files, install
+
+    model = Upsampling().eval()
+    cfg = _cfg("image", [1, 8, 8], ["saliency", "integrated_gradients", "occlusion"])
+    with caplog.at_level("WARNING"):
+        files = build_archive_files(tmp_path, model, cfg)
+    names = {p.name for p in files}
+    assert names == {"model.onnx", "onnx.json"}  # the model itself still runs on ONNX Runtime
+    manifest = json.loads((tmp_path / "onnx.json").read_text())
+    assert "could not be compiled" in manifest["not_compiled"]["integrated_gradients"]
+    assert "no compiled form" in manifest["not_compiled"]["occlusion"]
+    eager = {"integrated_gradients": attr.IntegratedGradients(model)}
+    service = _service(tmp_path, model, cfg, dict(eager))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        backend = install(service)
+    assert service.methods["integrated_gradients"] is eager["integrated_gradients"]  # not wrapped
+    assert "integrated_gradients is served by the eager core" in caplog.text and "could not be compiled" in caplog.text
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = torch.softmax(model(x), 1)
+    assert rel(service._probabilities(x), expected) < 1e-5
+    assert backend.calls["onnx_predictions"] == 1
+
+
+def test_installed_method_uses_the_graph_for_compiled_parameters_only(tmp_path, caplog):
+    from explain_serve.export.serving import CompiledOrEager, build_archive_files, install
+
+    model, _, x, _ = model_case("cancer")
+    cfg = _cfg("tabular", [30], ["integrated_gradients", "saliency"], n_steps=8)
+    build_archive_files(tmp_path, model, cfg, reference=np.random.default_rng(0).normal(size=(20, 30)).astype(np.float32))
+    ig = attr.IntegratedGradients(model)
+    service = _service(tmp_path, model, cfg, {"integrated_gradients": ig, "saliency": attr.Saliency(model)})
+    backend = install(service)
+    method = service.methods["integrated_gradients"]
+    assert isinstance(method, CompiledOrEager) and isinstance(service.methods["saliency"], CompiledOrEager)
+    targets = [0, 1, 1, 0, 1, 0]
+    baseline = x.mean(0, keepdim=True)
+    kwargs = dict(baselines=baseline, method="gausslegendre", return_convergence_delta=True)
+    got, delta = method.attribute(x, target=targets, n_steps=8, **kwargs)
+    expected, expected_delta = ig.attribute(x, target=targets, n_steps=8, **kwargs)
+    assert backend.calls == {"compiled": 1, "eager": 0, "onnx_predictions": 0}
+    assert rel(got, expected) < RTOL and float((delta - expected_delta).abs().max()) < 1e-4
+    with caplog.at_level("INFO"):
+        got = method.attribute(x, target=targets, n_steps=5, **kwargs)[0]
+    assert backend.calls["eager"] == 1
+    assert "n_steps=5 differs from the compiled n_steps=8" in caplog.text
+    assert rel(got, ig.attribute(x, target=targets, n_steps=5, **kwargs)[0]) == 0.0
+    # another input width is not sent to the graph (here the eager core rejects it too)
+    with caplog.at_level("INFO"), pytest.raises(RuntimeError):
+        method.attribute(torch.randn(2, 31), target=[0, 1], n_steps=8, **{**kwargs, "baselines": 0.0})
+    assert "input shape (31,) is not the compiled one" in caplog.text

@@ -258,3 +258,44 @@ def test_interpretable_embedding_equals_layer_integrated_gradients():
     assert model.emb is original
     ref_ids = ea.TokenReferenceBase(reference_token_idx=0).generate_reference(5, torch.device("cpu"))
     assert ref_ids.tolist() == [0] * 5
+
+
+class _Split(torch.nn.Module):
+    def forward(self, h):
+        return torch.tanh(h[:, :3]), torch.sigmoid(h[:, 3:])
+
+
+class _Join(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 2)
+
+    def forward(self, a, b):
+        return self.lin(torch.cat([a * b, a + b], 1))
+
+
+class _TupleModel(torch.nn.Module):
+    """A layer with two output tensors (split) and one with two input tensors (join)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.split, self.join = torch.nn.Linear(4, 6), _Split(), _Join()
+
+    def forward(self, x):
+        return self.join(*self.split(self.fc(x)))
+
+
+@pytest.mark.parametrize("cls_name", ["LayerIntegratedGradients", "LayerActivation", "LayerGradientXActivation",
+                                      "LayerDeepLift", "LayerFeatureAblation", "LayerConductance", "InternalInfluence"])
+@pytest.mark.parametrize("side", ["split_output", "join_input"])
+def test_layers_with_several_tensors_agree_with_captum(cls_name, side):
+    torch.manual_seed(0)
+    model = _TupleModel().double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    layer, kwargs = (model.split, {}) if side == "split_output" else (model.join, {"attribute_to_layer_input": True})
+    if cls_name != "LayerActivation":
+        kwargs["target"] = 1
+    ours = getattr(ea, cls_name)(model, layer).attribute(x, **kwargs)
+    theirs = getattr(captum_attr, cls_name)(model, layer).attribute(x, **kwargs)
+    assert isinstance(ours, tuple) and len(ours) == 2
+    _close(ours, theirs)

@@ -3,7 +3,9 @@
 ``integrate(grad_at, start, end, alphas, weights, steps_per_chunk)`` returns, for each tensor,
 ``sum_k w_k * grad_at(start + alpha_k * (end - start))``: the Riemann/Gauss-Legendre estimate of
 ``integral_0^1 grad(start + a (end - start)) da``. ``grad_at(points, n_copies)`` receives the
-path points of ``n_copies`` steps stacked step-major (``[all examples at alpha_0; ...]``).
+path points of ``n_copies`` steps stacked step-major (``[all examples at alpha_0; ...]``) and
+returns tensors laid out the same way: usually the gradients at those points, or values derived
+from them (a layer's gradients, for internal influence), one total per returned tensor.
 """
 from __future__ import annotations
 
@@ -35,11 +37,13 @@ def integrate(
     steps_per_chunk: Optional[int] = None,
 ) -> Tuple[Tensor, ...]:
     n = end[0].shape[0]
-    totals: List[Optional[Tensor]] = [None] * len(end)
+    totals: List[Optional[Tensor]] = []
     for sl in chunks(len(alphas), steps_per_chunk):
         k = sl.stop - sl.start
         points = tuple(p.requires_grad_(True) for p in path_points(start, end, alphas[sl]))
         grads = grad_at(points, k)
+        if not totals:  # grad_at may return any number of tensors (e.g. a layer's), step-major
+            totals = [None] * len(grads)
         for i, g in enumerate(grads):
             w = torch.as_tensor(list(weights[sl]), dtype=g.dtype, device=g.device)
             part = torch.tensordot(w, g.reshape(k, n, *g.shape[1:]), dims=1)

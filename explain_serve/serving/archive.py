@@ -97,10 +97,9 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
             if reference is not None:
                 n = int(reference.shape[1])
             else:
-                m = torch.jit.load(str(stage / serialized)) if not raw["model"].get("class") else None
-                if m is None:
-                    raise ConfigError("give input.features in --config or --reference-data for a tabular model")
-                n = _infer_features(m)
+                from .service import load_model
+
+                n = _infer_features(load_model(stage, raw, stage / serialized, model_file))
             raw.setdefault("input", {})["shape"] = [n]
         if kind == "text":
             vocab = (raw.get("input", {}).get("text") or {}).get("vocab")

@@ -111,7 +111,8 @@ def normalize(raw: Dict[str, Any], has_reference: bool = False, torchscript: boo
         inp["shape"] = [None]
     ex = cfg.setdefault("explain", {})
     ex.setdefault("baselines", default_baselines(kind, has_reference))
-    ex.setdefault("baseline", next(iter(ex["baselines"])))
+    preferred = "mean" if kind == "tabular" and "mean" in ex["baselines"] else next(iter(ex["baselines"]))
+    ex.setdefault("baseline", preferred)
     if ex["baseline"] not in ex["baselines"]:
         raise ConfigError(f"explain.baseline {ex['baseline']!r} is not one of explain.baselines")
     for name, b in ex["baselines"].items():

@@ -299,3 +299,35 @@ def test_layers_with_several_tensors_agree_with_captum(cls_name, side):
     theirs = getattr(captum_attr, cls_name)(model, layer).attribute(x, **kwargs)
     assert isinstance(ours, tuple) and len(ours) == 2
     _close(ours, theirs)
+
+
+MULTI_INPUT_CASES = {
+    "LayerIntegratedGradients": lambda bl, dist: {"baselines": bl},
+    "LayerConductance": lambda bl, dist: {"baselines": bl, "return_convergence_delta": True},
+    "InternalInfluence": lambda bl, dist: {"baselines": bl},
+    "LayerDeepLift": lambda bl, dist: {"baselines": bl, "return_convergence_delta": True},
+    "LayerDeepLiftShap": lambda bl, dist: {"baselines": dist},
+    "LayerGradientShap": lambda bl, dist: {"baselines": dist},
+    "LayerFeatureAblation": lambda bl, dist: {},  # Captum does not expand a tensor target over perturbations_per_eval > 1
+    "LayerGradientXActivation": lambda bl, dist: {},
+    "LayerLRP": lambda bl, dist: {},
+}
+
+
+@pytest.mark.parametrize("cls_name", sorted(MULTI_INPUT_CASES))
+def test_two_inputs_additional_args_tensor_target_agree_with_captum(cls_name):
+    """Tuple inputs, a per-example additional forward argument and per-example targets."""
+    from tests.models import make
+
+    model, x, args = make("two_input")
+    bl = tuple(t * 0.1 for t in x)
+    g = torch.Generator().manual_seed(2)
+    dist = tuple(torch.randn(3, t.shape[1], generator=g, dtype=torch.float64) for t in x)
+    results = []
+    for lib in (ea, captum_attr):
+        torch.manual_seed(1)
+        np.random.seed(1)
+        method = getattr(lib, cls_name)(model, model.fc1)
+        results.append(method.attribute(x, target=torch.tensor([0, 1, 2, 0]), additional_forward_args=args,
+                                        **MULTI_INPUT_CASES[cls_name](bl, dist)))
+    _close(*results)

@@ -179,3 +179,33 @@ def test_neuron_methods_do_not_run_the_rest_of_the_model():
     h = body[0](x)
     expected = (1 - torch.tanh(h[:, 2]) ** 2)[:, None] * body[0].weight[2]
     assert torch.allclose(grad, expected.detach(), atol=1e-12)
+
+
+MULTI_INPUT_CASES = {
+    "NeuronGradient": lambda bl, dist: {},
+    "NeuronIntegratedGradients": lambda bl, dist: {"baselines": bl},
+    "NeuronConductance": lambda bl, dist: {"target": torch.tensor([0, 1, 2, 0])},
+    "NeuronDeepLift": lambda bl, dist: {"baselines": bl},
+    "NeuronDeepLiftShap": lambda bl, dist: {"baselines": dist},
+    "NeuronGradientShap": lambda bl, dist: {"baselines": dist},
+    "NeuronFeatureAblation": lambda bl, dist: {},
+    "NeuronGuidedBackprop": lambda bl, dist: {},
+    "NeuronDeconvolution": lambda bl, dist: {},
+}
+
+
+@pytest.mark.parametrize("cls_name", sorted(MULTI_INPUT_CASES))
+def test_two_inputs_and_additional_args_agree_with_captum(cls_name):
+    from tests.models import make
+
+    model, x, args = make("two_input")
+    bl = tuple(t * 0.1 for t in x)
+    g = torch.Generator().manual_seed(2)
+    dist = tuple(torch.randn(3, t.shape[1], generator=g, dtype=torch.float64) for t in x)
+    results = []
+    for lib in (ea, captum_attr):
+        torch.manual_seed(1)
+        np.random.seed(1)
+        method = getattr(lib, cls_name)(model, model.fc1)
+        results.append(method.attribute(x, neuron_selector=2, additional_forward_args=args, **MULTI_INPUT_CASES[cls_name](bl, dist)))
+    _close(*results)

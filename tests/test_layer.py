@@ -331,3 +331,12 @@ def test_two_inputs_additional_args_tensor_target_agree_with_captum(cls_name):
         results.append(method.attribute(x, target=torch.tensor([0, 1, 2, 0]), additional_forward_args=args,
                                         **MULTI_INPUT_CASES[cls_name](bl, dist)))
     _close(*results)
+
+
+def test_layer_ablation_batched_perturbations_with_per_example_targets():
+    """Unlike Captum, per-example targets work with several perturbations per forward."""
+    model, inputs, _, layer, _, target = table("cnn")  # target is a list, one class per example
+    method = ea.LayerFeatureAblation(model, layer)
+    one = method.attribute(inputs[0], target=target)
+    batched = method.attribute(inputs[0], target=target, perturbations_per_eval=7)
+    assert torch.allclose(one, batched, atol=1e-12)

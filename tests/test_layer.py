@@ -340,3 +340,29 @@ def test_layer_ablation_batched_perturbations_with_per_example_targets():
     one = method.attribute(inputs[0], target=target)
     batched = method.attribute(inputs[0], target=target, perturbations_per_eval=7)
     assert torch.allclose(one, batched, atol=1e-12)
+
+
+SIGNATURE_NAMES = [
+    "LayerActivation", "LayerGradientXActivation", "LayerConductance", "InternalInfluence", "LayerIntegratedGradients",
+    "LayerDeepLift", "LayerDeepLiftShap", "LayerGradientShap", "LayerFeatureAblation", "LayerFeaturePermutation",
+    "LayerLRP", "LRP", "NeuronGradient", "NeuronIntegratedGradients", "NeuronConductance", "NeuronDeepLift",
+    "NeuronDeepLiftShap", "NeuronGradientShap", "NeuronFeatureAblation", "NeuronGuidedBackprop", "NeuronDeconvolution",
+]
+
+
+@pytest.mark.parametrize("name", SIGNATURE_NAMES)
+def test_public_signatures_match_captum(name):
+    """Same positional/keyword parameters and defaults as Captum (keyword-only extras allowed)."""
+    import inspect
+
+    def params(fn, drop_keyword_only):
+        sig = inspect.signature(inspect.unwrap(fn))
+        return [
+            (p.name, p.default) for p in sig.parameters.values()
+            if p.name != "self" and not (drop_keyword_only and p.kind is p.KEYWORD_ONLY)
+        ]
+
+    for member in ("__init__", "attribute"):
+        ours = params(getattr(getattr(ea, name), member), True)
+        theirs = params(getattr(getattr(captum_attr, name), member), False)
+        assert ours == theirs, (member, ours, theirs)

@@ -51,7 +51,7 @@ class LRP(GradientAttribution, HookedMethod):
     """LRP with per-module rules: ``module.rule`` (Captum's convention), ``rules={module: rule}``
     (takes precedence), else the default rule of the module's type."""
 
-    def __init__(self, model: nn.Module, rules: Optional[Dict[nn.Module, PropagationRule]] = None) -> None:
+    def __init__(self, model: nn.Module, *, rules: Optional[Dict[nn.Module, PropagationRule]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError("LRP needs a torch.nn.Module")
         GradientAttribution.__init__(self, model)
@@ -133,9 +133,9 @@ class LRP(GradientAttribution, HookedMethod):
 class LayerLRP(LRP, LayerAttribution):
     """Relevance arriving at a layer's output (or leaving to its input), per neuron."""
 
-    def __init__(self, model: nn.Module, layer, device_ids=None, rules: Optional[Dict[nn.Module, PropagationRule]] = None) -> None:
-        LRP.__init__(self, model, rules)
-        LayerAttribution.__init__(self, model, layer, device_ids)
+    def __init__(self, model: nn.Module, layer, *, rules: Optional[Dict[nn.Module, PropagationRule]] = None) -> None:
+        LRP.__init__(self, model, rules=rules)
+        LayerAttribution.__init__(self, model, layer)
 
     @property
     def layers(self):

@@ -91,13 +91,12 @@ class LayerDeepLiftShap(LayerDeepLift):
     def attribute(
         self,
         inputs,
-        baselines=None,
+        baselines,
         target=None,
         additional_forward_args=None,
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
         custom_attribution_func=None,
-        grad_kwargs=None,
     ):
         inputs = as_tuple(inputs)
         baselines = as_tuple(_callable_baselines(baselines, inputs))
@@ -112,7 +111,7 @@ class LayerDeepLiftShap(LayerDeepLift):
         )
         out = super().attribute(
             exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta,
-            attribute_to_layer_input, custom_attribution_func, grad_kwargs,
+            attribute_to_layer_input, custom_attribution_func,
         )
         attributions, delta = out if return_convergence_delta else (out, None)
         mean = lambda a: a.reshape(n, k, *a.shape[1:]).mean(1)  # noqa: E731

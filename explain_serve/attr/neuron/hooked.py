@@ -42,6 +42,19 @@ class NeuronDeepLift(NeuronMethod, GradientAttribution):
 class NeuronDeepLiftShap(NeuronDeepLift):
     _primary = DeepLiftShap
 
+    def attribute(
+        self,
+        inputs,
+        neuron_selector,
+        baselines,
+        additional_forward_args=None,
+        attribute_to_neuron_input: bool = False,
+        custom_attribution_func=None,
+    ):
+        return super().attribute(
+            inputs, neuron_selector, baselines, additional_forward_args, attribute_to_neuron_input, custom_attribution_func
+        )
+
 
 class _NeuronModifiedRelu(NeuronMethod, GradientAttribution):
     _primary = GuidedBackprop

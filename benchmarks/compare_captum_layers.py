@@ -6,6 +6,7 @@ model (LayerIntegratedGradients on the embedding, the serving path for text).
 Part 2: the same explain-serve method called one-off (hooks registered and removed per call) vs
 through a reusable hook session (``method.reusable()``: hooks registered once, activated per
 call), on a small model where per-request overhead matters.
+Part 3: what one call leaves on the model's modules (Captum vs explain-serve).
 
     python benchmarks/compare_captum_layers.py [--repeats 21] [--threads N] [--only part1|part2]
 """
@@ -178,19 +179,59 @@ def part2(repeats: int) -> None:
         sys.stdout.flush()
 
 
+def _model_state(model):
+    """Hooks and instance attributes of every module (what a call could leave behind)."""
+    state = {}
+    for name, m in model.named_modules():
+        hooks = sum(len(getattr(m, d)) for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+        state[name] = (hooks, frozenset(k for k in vars(m) if not k.startswith("_")))
+    return state
+
+
+def part3() -> None:
+    print("\nPart 3: what one call leaves on the model (module attributes added; hooks left)")
+    header = f"{'method':22} {'captum':>40} {'ours':>8}"
+    print(header)
+    print("-" * len(header))
+    model, x, layer = mlp_model()
+    rows = [
+        ("LRP", lambda lib: lib.LRP(model), {"target": 1}),
+        ("LayerLRP", lambda lib: lib.LayerLRP(model, layer), {"target": 1}),
+        ("NeuronDeepLift", lambda lib: lib.NeuronDeepLift(model, layer), {"neuron_selector": 3}),
+        ("LayerDeepLift", lambda lib: lib.LayerDeepLift(model, layer), {"target": 1}),
+    ]
+    for name, make, kwargs in rows:
+        left = []
+        for lib in (ca, ea):
+            fresh, x_, layer_ = mlp_model()
+            model.load_state_dict(fresh.state_dict())
+            for m in model.modules():  # start clean (Captum leaves attributes behind)
+                for k in [k for k in vars(m) if k in ("activations", "input", "output", "rule", "activation")]:
+                    delattr(m, k)
+            before = _model_state(model)
+            make(lib).attribute(x, **kwargs)
+            after = _model_state(model)
+            added = sorted({f"{k}" for n in after for k in after[n][1] - before[n][1]})
+            hooks = sum(after[n][0] - before[n][0] for n in after)
+            left.append((", ".join(added) or "nothing") + (f"; {hooks} hooks" if hooks else ""))
+        print(f"{name:22} {left[0]:>40} {left[1]:>8}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only", choices=["part1", "part2"])
+    p.add_argument("--only", choices=["part1", "part2", "part3"])
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {a.repeats}")
-    if a.only != "part2":
+    if a.only in (None, "part1"):
         part1(a.repeats)
-    if a.only != "part1":
+    if a.only in (None, "part2"):
         part2(a.repeats)
+    if a.only in (None, "part3"):
+        part3()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import base64
 import io
 import json
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from torch import Tensor

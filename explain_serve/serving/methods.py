@@ -7,12 +7,12 @@ type, a default and, where it drives cost, a limit from the model's config (``ma
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .errors import ServeError, bad
 

@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path

@@ -1,7 +1,11 @@
-"""Layer activations through the hook owner: capture a layer's output (or inputs) during a forward.
+"""Layers through the hook owner: capture a layer's output (or inputs), or substitute values for them.
 
-Captured tensors stay in the autograd graph so gradients can be taken with respect to them; they
-live in the session's per-call scratch and are dropped when the call ends.
+``capture``/``captured`` record a layer's tensors (Grad-CAM). Taps (``tap_around``, ``tapped``)
+are the one mechanism of the layer and neuron methods: per call, a tap captures the layer's
+tensors as graph nodes (``layer_eval``, ``layer_gradients``), substitutes given values so the layer
+acts as the input of the rest of the model (``LayerAsInput``), or stops the forward right after the
+layer (neuron methods). Everything lives in the session's per-call scratch, dropped when the
+call ends.
 """
 from __future__ import annotations
 

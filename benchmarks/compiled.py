@@ -19,6 +19,7 @@ The models are trained (seconds) so inputs and attributions are realistic; ``--u
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -69,6 +70,11 @@ def eager_method(name: str, model: torch.nn.Module, method: str, layer: Optional
     return cls(model, model.get_submodule(layer)) if layer else cls(model)
 
 
+@functools.lru_cache(maxsize=None)
+def _trained(name: str) -> Dict:
+    return examples.train(name)
+
+
 def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir: Path, threads: int) -> List[Dict]:
     torch.manual_seed(0)
     if untrained:
@@ -83,7 +89,7 @@ def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir:
         else:
             trained["reference"] = np.random.default_rng(0).normal(size=(64, 30)).astype(np.float32)
     else:
-        trained = examples.train(name)
+        trained = _trained(name)
     model = trained["model"].eval()
     config = examples.explain_config(name, {**trained, "labels": ["0", "1"], "features": ["f"] * 30})
     explain = config["explain"]
@@ -139,7 +145,7 @@ def bench_example(name: str, batch: int, repeats: int, untrained: bool, out_dir:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1], help="items per request (default 1; several allowed)")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for torch and ONNX Runtime")
     parser.add_argument("--examples", nargs="*", default=list(examples.EXAMPLES))
@@ -151,9 +157,11 @@ def main(argv=None) -> int:
     rows: List[Dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.examples:
-            rows += bench_example(name, args.batch, args.repeats, args.untrained, Path(tmp), args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}; medians in ms")
-    header = f"{'example':<10} {'what':<8} {'method':<36} {'torch/eager':>11} {'onnx':>9} {'speedup':>8}  check"
+            for batch in args.batch:
+                rows += [{**r, "batch": batch}
+                         for r in bench_example(name, batch, args.repeats, args.untrained, Path(tmp), args.threads)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (torch and ONNX Runtime); medians in ms")
+    header = f"{'example':<10} {'batch':>5} {'what':<8} {'method':<36} {'torch/eager':>11} {'onnx':>9} {'speedup':>8}  check"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -163,7 +171,7 @@ def main(argv=None) -> int:
             check = f"max abs err {r['max_abs_error']:.1e}, argmax agree {100 * (r['argmax_agreement'] or 0):.0f}%"
         else:
             check = f"rel err {r['relative_error']:.1e}" if r["relative_error"] is not None else "eager core n/a"
-        print(f"{r['example']:<10} {r['what']:<8} {r['method']:<36} {eager:>11} {r['onnx_ms']:>9.3f} {speed:>8}  {check}")
+        print(f"{r['example']:<10} {r['batch']:>5} {r['what']:<8} {r['method']:<36} {eager:>11} {r['onnx_ms']:>9.3f} {speed:>8}  {check}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

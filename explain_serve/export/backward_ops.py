@@ -35,8 +35,11 @@ def _no_weight_grads(output_mask: Sequence[bool], what: str) -> None:
 
 # -- activations -------------------------------------------------------------------------------------
 def threshold_backward(grad_output: Tensor, self: Tensor, threshold) -> Tensor:
-    """ReLU's backward: pass the gradient where the input exceeds the threshold."""
-    return torch.where(self <= threshold, grad_output.new_zeros(()), grad_output)
+    """ReLU's backward: pass the gradient where the input exceeds the threshold.
+
+    A multiply by the 0/1 mask (the exporter turns ``where`` with a scalar into a full-size fill).
+    """
+    return grad_output * (self > threshold).to(grad_output.dtype)
 
 
 # -- indexing -----------------------------------------------------------------------------------------
@@ -121,9 +124,21 @@ def max_pool3d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     return _max_pool_backward(grad_output, self, indices, 3)
 
 
+def _block_pool_backward(grad_output: Tensor, self: Tensor, kernel: List[int]) -> Tensor:
+    """Non-overlapping average pooling's backward: repeat each gradient over its block, divided by its size."""
+    lead = list(grad_output.shape[:-2])
+    (h, w), (kh, kw) = [_static(s) for s in grad_output.shape[-2:]], kernel
+    spread = grad_output.reshape(lead + [h, 1, w, 1]).expand(lead + [h, kh, w, kw])
+    return spread.reshape(lead + [h * kh, w * kw]) / float(kh * kw)
+
+
 def _uniform_pool_backward(grad_output: Tensor, self: Tensor, kernel: List[int], stride: List[int], padding: List[int]):
     """Average pooling's backward as a depthwise transposed convolution with a constant kernel."""
     nd = len(kernel)
+    if nd == 2 and kernel == stride and not any(padding) and all(
+        _static(self.shape[-2 + i]) == _static(grad_output.shape[-2 + i]) * kernel[i] for i in range(2)
+    ):
+        return _block_pool_backward(grad_output, self, kernel)
     channels = _static(self.shape[-nd - 1]) if self.dim() > nd else 1
     batched = self.dim() == nd + 2
     g = grad_output if batched else grad_output.unsqueeze(0)

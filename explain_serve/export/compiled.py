@@ -358,7 +358,7 @@ def _baseline_like(baseline: Any, x: Tensor) -> Tensor:
 
 def _check(explainer, fn, spec, example_input, baseline, has_target, model, rtol) -> Dict[str, float]:
     """Compare the graph with the eager function at the example's batch size and at one example."""
-    worst = 0.0
+    worst = worst_delta = 0.0
     cases = [example_input, example_input[:1]]
     if not example_input.is_floating_point() and example_input.dim() >= 2 and example_input.shape[1] > 1:
         cases.append(example_input[:2, :-1])  # token ids: another sequence length
@@ -376,10 +376,15 @@ def _check(explainer, fn, spec, example_input, baseline, has_target, model, rtol
             if tuple(e.shape) != tuple(g.shape):
                 raise CompileError(f"compiled {spec.method} returned shape {tuple(g.shape)}, expected {tuple(e.shape)}")
         err = relative_error(got[0].numpy(), expected[0].detach().numpy())
+        if len(expected) > 1:  # the delta, on the scale of the attributions' per-example sums
+            scale = max(float(expected[0].detach().abs().reshape(x.shape[0], -1).sum(1).max()), 1e-12)
+            delta_err = float((got[1] - expected[1].detach()).abs().max()) / scale
+            worst_delta = max(worst_delta, delta_err)
+            err = max(err, delta_err)
         worst = max(worst, err)
     if not worst <= rtol:
         raise CompileError(f"compiled {spec.method} differs from eager torch: relative error {worst:.2e} > {rtol:.0e}")
-    return {"relative_error": worst}
+    return {"relative_error": worst} if len(spec.output_names) == 1 else {"relative_error": worst, "delta_error": worst_delta}
 
 
 # -- running --------------------------------------------------------------------------------------------

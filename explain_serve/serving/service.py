@@ -109,8 +109,19 @@ class ExplainService:
             except ServeError as exc:
                 logger.warning("model %s: %s", model_name, exc.message)
                 self.unavailable[name] = exc
+        self._warm_up()
         logger.info("model %s (%s) loaded: %d classes, methods %s, response limit %d bytes", model_name, self.kind,
                     self.n_classes, ", ".join(self.methods), self.response_limit)
+
+    def _warm_up(self) -> None:
+        """One default explanation at load, so the first request does not pay one-off costs."""
+        if self.kind == "text":
+            inputs = [int(self.cfg["input"]["text"]["unk_id"])]
+        else:
+            inputs = torch.zeros(*self.cfg["input"]["shape"]).tolist()
+        (status, text), = self.handle([{"body": {"inputs": inputs}}], [True])
+        if status != 200:
+            logger.warning("model %s: warm-up explanation answered %d: %s", self.model_name, status, text)
 
     @classmethod
     def from_context(cls, context, kind: Optional[str] = None) -> "ExplainService":

@@ -411,7 +411,8 @@ def _service(tmp_path, model, cfg, methods):
         with torch.no_grad():
             return torch.softmax(model(x), 1)
 
-    return SimpleNamespace(model_dir=tmp_path, model_name="m", cfg=cfg, methods=methods, _probabilities=probabilities)
+    return SimpleNamespace(model_dir=tmp_path, model=model, model_name="m", cfg=cfg, methods=methods,
+                           _probabilities=probabilities)
 
 
 def _cfg(kind, shape, methods, layer=None, n_steps=8):
@@ -453,11 +454,14 @@ def test_installed_method_uses_the_graph_for_compiled_parameters_only(tmp_path, 
     cfg = _cfg("tabular", [30], ["integrated_gradients", "saliency"], n_steps=8)
     build_archive_files(tmp_path, model, cfg, reference=np.random.default_rng(0).normal(size=(20, 30)).astype(np.float32))
     ig = attr.IntegratedGradients(model)
-    service = _service(tmp_path, model, cfg, {"integrated_gradients": ig, "saliency": attr.Saliency(model)})
+    targets = [0, 1, 1, 0, 1, 0]
+    ablation = attr.FeatureAblation(model)
+    expected_ablation = ablation.attribute(x, target=targets)
+    service = _service(tmp_path, model, cfg, {"integrated_gradients": ig, "saliency": attr.Saliency(model),
+                                              "feature_ablation": ablation})
     backend = install(service)
     method = service.methods["integrated_gradients"]
     assert isinstance(method, CompiledOrEager) and isinstance(service.methods["saliency"], CompiledOrEager)
-    targets = [0, 1, 1, 0, 1, 0]
     baseline = x.mean(0, keepdim=True)
     kwargs = dict(baselines=baseline, method="gausslegendre", return_convergence_delta=True)
     got, delta = method.attribute(x, target=targets, n_steps=8, **kwargs)
@@ -469,6 +473,10 @@ def test_installed_method_uses_the_graph_for_compiled_parameters_only(tmp_path, 
     assert backend.calls["eager"] == 1
     assert "n_steps=5 differs from the compiled n_steps=8" in caplog.text
     assert rel(got, ig.attribute(x, target=targets, n_steps=5, **kwargs)[0]) == 0.0
+    # forward-only methods evaluate their perturbations on ONNX Runtime
+    got = service.methods["feature_ablation"].attribute(x, target=targets)
+    assert backend.calls["onnx_predictions"] > 0
+    assert rel(got, expected_ablation) < RTOL
     # another input width is not sent to the graph (here the eager core rejects it too)
     with caplog.at_level("INFO"), pytest.raises(RuntimeError):
         method.attribute(torch.randn(2, 31), target=[0, 1], n_steps=8, **{**kwargs, "baselines": 0.0})

@@ -10,7 +10,9 @@ At load time (``install(service)``, called by the handlers) an ``ExplainService`
 - predictions from ONNX Runtime when the input has the exported shape (torch otherwise);
 - each compiled method wrapped so a request is answered by its graph when the request's parameters
   and input shape are the ones compiled, and by the eager core otherwise; every fallback reason is
-  logged (once per distinct reason).
+  logged (once per distinct reason);
+- the forward-only methods (occlusion, feature ablation, Shapley values, KernelShap, Lime) evaluate
+  their perturbations on ONNX Runtime (torch for inputs of another shape).
 
 The eager model stays in the archive: it serves every method and parameter the graphs do not.
 """
@@ -40,6 +42,10 @@ COMPILED = {
     "layer_grad_cam": "LayerGradCam",
     "layer_integrated_gradients": "LayerIntegratedGradients",
 }
+
+
+FORWARD_ONLY = ("occlusion", "feature_ablation", "feature_permutation", "shapley_value_sampling", "shapley_values",
+                "kernel_shap", "lime")
 
 
 def compiled_file(method: str) -> str:
@@ -194,6 +200,20 @@ class CompiledOrEager:
         return getattr(self.eager, name)
 
 
+class OnnxForward:
+    """A perturbation method's ``forward_func``: ONNX Runtime when the input has the exported shape."""
+
+    def __init__(self, backend: OnnxBackend, model: nn.Module):
+        self.backend, self.model = backend, model
+
+    def __call__(self, *args):
+        if len(args) == 1 and isinstance(args[0], Tensor):
+            out = self.backend.predict(args[0])
+            if out is not None:
+                return out
+        return self.model(*args)
+
+
 def install(service) -> Optional[OnnxBackend]:
     """Serve ``service`` (an ``ExplainService``) from the archive's ONNX artifacts, if it has any."""
     try:
@@ -204,12 +224,17 @@ def install(service) -> Optional[OnnxBackend]:
     if backend is None:
         return None
     for method in backend.explainers:
-        if method in service.methods:
+        if method in service.methods and not isinstance(service.methods[method], CompiledOrEager):
             service.methods[method] = CompiledOrEager(method, service.methods[method], backend)
     for method, reason in backend.not_compiled.items():
         if method in COMPILED:
             logger.warning("model %s: %s is served by the eager core: %s", service.model_name, method, reason)
     if backend.model is not None:
+        forward = OnnxForward(backend, service.model)
+        for method in FORWARD_ONLY:
+            instance = service.methods.get(method)
+            if instance is not None and hasattr(instance, "forward_func"):
+                instance.forward_func = forward
         torch_probabilities = service._probabilities
 
         def probabilities(x: Tensor) -> Tensor:

@@ -167,6 +167,20 @@ class OnnxBackend:
             return "a baseline distribution"
         return None
 
+    def warm_up(self) -> None:
+        """One run of every session at load, so the first request does not pay ORT's first-run cost."""
+        from .runtime import _NP_DTYPES
+
+        sessions = [e.model.session for e in self.explainers.values()]
+        if self.model is not None:
+            sessions.append(self.model.session)
+        for session in sessions:
+            feeds = {}
+            for i in session.get_inputs():
+                shape = [d if isinstance(d, int) else (1 if k == 0 else 4) for k, d in enumerate(i.shape)]
+                feeds[i.name] = np.zeros(shape, dtype=_NP_DTYPES.get(i.type, np.float32))
+            session.run(None, feeds)
+
     def note_fallback(self, method: str, reason: str) -> None:
         self.calls["eager"] += 1
         if (method, reason) not in self._logged:
@@ -244,6 +258,10 @@ def install(service) -> Optional[OnnxBackend]:
             return torch.softmax(y.float(), dim=1) if service.cfg["output"] == "logits" else y.float()
 
         service._probabilities = probabilities
+    try:
+        backend.warm_up()
+    except Exception:  # pragma: no cover - a graph that cannot run on zeros still serves real inputs
+        logger.exception("model %s: ONNX warm-up failed", service.model_name)
     service.onnx = backend
     logger.info("model %s: ONNX Runtime predictions %s; compiled explanations: %s", service.model_name,
                 "on" if backend.model is not None else "off", ", ".join(backend.explainers) or "none")

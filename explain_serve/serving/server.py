@@ -214,6 +214,14 @@ def _wait_ready(info: Dict[str, Any], token: Optional[str], deadline: float) -> 
         time.sleep(0.25)
 
 
+def _is_torchserve(pid: int) -> bool:
+    """The recorded pid still runs TorchServe's frontend (pids are reused after a reboot or crash)."""
+    try:
+        return b"org.pytorch.serve.ModelServer" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the record
+
+
 def load_state(workdir: Path) -> Dict[str, Any]:
     state = Path(workdir) / STATE
     if not state.is_file():
@@ -228,12 +236,15 @@ def stop(workdir: Path, timeout: float = 60.0) -> bool:
     except FileNotFoundError:
         return False
     pid, host = int(info["pid"]), info["host"]
-    if pid_alive(pid):
+    if pid_alive(pid) and not _is_torchserve(pid):
+        logger.warning("pid %d is no longer TorchServe; not signalling it", pid)
+        pid = -1
+    if pid > 0 and pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
     deadline = time.time() + timeout
-    while pid_alive(pid) and time.time() < deadline:
+    while pid > 0 and pid_alive(pid) and time.time() < deadline:
         time.sleep(0.1)
-    if pid_alive(pid):
+    if pid > 0 and pid_alive(pid):
         logger.warning("TorchServe pid %d ignored SIGTERM; killing it", pid)
         os.kill(pid, signal.SIGKILL)
     while time.time() < deadline + 10 and any(port_in_use(host, p) for p in info["ports"].values()):

@@ -102,6 +102,42 @@ def tensorize_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) ->
     return tuple(out)
 
 
+def callable_baselines(baselines: Any, inputs: Any) -> Any:
+    """Baselines given as a function: called with no argument, or with the inputs as the user gave them."""
+    if callable(baselines) and not isinstance(baselines, Tensor):
+        import inspect
+
+        return baselines() if not inspect.signature(baselines).parameters else baselines(inputs)
+    return baselines
+
+
+def baseline_distribution(baselines: Any, inputs: Any, who: str) -> Tuple[Tensor, ...]:
+    """A batch of reference examples per input (GradientShap, DeepLiftShap), checked against the inputs."""
+    inputs_t = as_tuple(inputs)
+    baselines = as_tuple(callable_baselines(baselines, inputs))
+    if baselines is None or not all(isinstance(b, Tensor) and b.dim() > 0 for b in baselines):
+        raise ValueError(f"{who} needs baselines as a tensor distribution (or a callable returning one)")
+    if len(baselines) != len(inputs_t):
+        raise ValueError(f"got {len(baselines)} baselines for {len(inputs_t)} inputs")
+    for b, x in zip(baselines, inputs_t):
+        if b.shape[1:] != x.shape[1:]:
+            raise ValueError(f"baselines of shape {tuple(b.shape)} do not match inputs {tuple(x.shape)}")
+    return baselines
+
+
+def expand_for_baseline_distribution(inputs, baselines, target, args):
+    """Every input against every baseline: inputs repeated in place, baselines tiled (DeepLiftShap)."""
+    from .targets import expand_target
+
+    n, k = inputs[0].shape[0], baselines[0].shape[0]
+    return (
+        tuple(x.repeat_interleave(k, dim=0) for x in inputs),
+        tuple(torch.cat([b] * n, dim=0) for b in baselines),
+        expand_target(target, k, interleave=True),
+        expand_args(args, k, interleave=True),
+    )
+
+
 def run_forward(
     forward_func: Callable,
     inputs: Sequence[Any],

@@ -1,7 +1,7 @@
 """Layers through the hook owner: capture a layer's output (or inputs), or substitute values for them.
 
-``capture``/``captured`` record a layer's tensors (Grad-CAM). Taps (``tap_around``, ``tapped``)
-are the one mechanism of the layer and neuron methods: per call, a tap captures the layer's
+Taps (``tap_around``, ``tapped``) are the one mechanism of the layer and neuron methods (and
+Grad-CAM): per call, a tap captures the layer's
 tensors as graph nodes (``layer_eval``, ``layer_gradients``), substitutes given values so the layer
 acts as the input of the rest of the model (``LayerAsInput``), or stops the forward right after the
 layer (neuron methods). Everything lives in the session's per-call scratch, dropped when the
@@ -21,36 +21,6 @@ from .inputs import run_forward
 from .targets import TargetType
 
 
-def capture(session: HookSession, layer: nn.Module, to_input: bool = False, key: Any = None) -> Any:
-    """Record, per call of ``layer``, its inputs or outputs (as a tuple) in ``scratch[key]``."""
-    key = key if key is not None else ("capture", id(layer), to_input)
-
-    if to_input:
-        def pre(scratch, module, args):
-            scratch.setdefault(key, []).append(tuple(a for a in args if isinstance(a, Tensor)))
-        session.forward_pre_hook(layer, pre)
-    else:
-        def post(scratch, module, args, output):
-            scratch.setdefault(key, []).append(output if isinstance(output, tuple) else (output,))
-        session.forward_hook(layer, post)
-    return key
-
-
-def captured(scratch: dict, key: Any) -> Tuple[Tensor, ...]:
-    """The first captured call of the layer (it must have run in the forward)."""
-    calls = scratch.get(key)
-    if not calls:
-        raise RuntimeError("the layer was not called in the forward pass; is it part of forward_func?")
-    return calls[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Taps: the one mechanism behind layer and neuron methods. A tap on a layer is inert unless the
-# current call put a ``Tap`` plan under its key in the scratch; then it either *captures* the
-# layer's tensors (kept in the autograd graph; the forward continues on clones so in-place
-# modules downstream cannot alter them) or *substitutes* given values for them, so the layer
-# can be treated as the input of the rest of the model.
-# --------------------------------------------------------------------------------------------
 class StopForward(BaseException):
     """Raised by a tap armed with ``stop=True`` once it has captured the layer: nothing after the
     layer is needed (neuron methods), so the rest of the forward is skipped. A BaseException, so

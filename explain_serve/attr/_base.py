@@ -21,9 +21,12 @@ class Attribution:
     def attribute(self, inputs, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    _multiply_by_inputs = False  # set by constructors that take ``multiply_by_inputs``
+
     @property
     def multiplies_by_inputs(self) -> bool:
-        return False
+        """Whether attributions are scaled by (input - baseline) (Captum's global vs local attribution)."""
+        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return False

@@ -20,7 +20,9 @@ from .._core.gradients import gradients, leaf_inputs
 from .._core.hooks import GradRecord, HookedMethod, HookSession
 from .._core.inputs import (
     as_tuple,
+    baseline_distribution,
     expand_args,
+    expand_for_baseline_distribution,
     format_args,
     format_baselines,
     format_output,
@@ -101,9 +103,6 @@ class DeepLift(GradientAttribution, HookedMethod):
         self.eps = eps
         self._multiply_by_inputs = multiply_by_inputs
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -168,18 +167,11 @@ class DeepLiftShap(DeepLift):
         custom_attribution_func=None,
     ):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
-        if baselines is None:
-            raise ValueError("DeepLiftShap needs a tensor of baselines (a distribution of references)")
-        baselines = as_tuple(baselines)
-        if callable(baselines[0]) and not isinstance(baselines[0], Tensor):
-            baselines = as_tuple(baselines[0](inputs))
-        if not isinstance(baselines[0], Tensor):
-            raise ValueError("DeepLiftShap baselines must be tensors with a batch of references")
+        baselines = baseline_distribution(baselines, inputs if was_tuple else inputs[0], "DeepLiftShap")
         n, k = inputs[0].shape[0], baselines[0].shape[0]
-        exp_inputs = tuple(x.repeat_interleave(k, dim=0) for x in inputs)
-        exp_baselines = tuple(torch.cat([b] * n, dim=0) for b in baselines)
-        exp_target = expand_target(target, k, interleave=True)
-        exp_args = expand_args(format_args(additional_forward_args), k, interleave=True)
+        exp_inputs, exp_baselines, exp_target, exp_args = expand_for_baseline_distribution(
+            inputs, baselines, target, format_args(additional_forward_args)
+        )
         out = super().attribute(
             exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta, custom_attribution_func
         )

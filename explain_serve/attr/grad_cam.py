@@ -10,23 +10,11 @@ import warnings
 
 import torch
 
-from .._core.gradients import check_scalar_per_example, leaf_inputs
 from .._core.hooks import HookedMethod, HookSession
-from .._core.inputs import as_tuple, format_args, format_output, is_tuple, run_forward
-from .._core.layers import capture, captured
+from .._core.inputs import as_tuple, format_args, format_output, is_tuple
+from .._core.layers import layer_gradients, tap_around
 from ._base import GradientAttribution, LayerAttribution
 from .guided_backprop import GuidedBackprop
-
-
-def layer_gradients_and_activations(method, inputs, target, args, key, grad_kwargs=None):
-    """Gradients of the selected score w.r.t. the layer tensors captured under ``key``, and those tensors."""
-    with method._hooks() as scratch:
-        with torch.enable_grad():
-            out = run_forward(method.forward_func, leaf_inputs(inputs), target, args)
-            check_scalar_per_example(out)
-            acts = captured(scratch, key)
-            grads = torch.autograd.grad(out.sum(), acts, **(grad_kwargs or {}))
-    return grads, tuple(a.detach() for a in acts)
 
 
 class LayerGradCam(LayerAttribution, GradientAttribution, HookedMethod):
@@ -34,7 +22,7 @@ class LayerGradCam(LayerAttribution, GradientAttribution, HookedMethod):
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
 
     def _install_hooks(self, session: HookSession) -> None:
-        self._keys = {side: capture(session, self.layer, side) for side in (False, True)}
+        tap_around(session, [self.layer])
 
     def attribute(
         self,
@@ -46,10 +34,11 @@ class LayerGradCam(LayerAttribution, GradientAttribution, HookedMethod):
         attr_dim_summation: bool = True,
         grad_kwargs=None,
     ):
-        key = ("capture", id(self.layer), attribute_to_layer_input)
-        grads, acts = layer_gradients_and_activations(
-            self, as_tuple(inputs), target, format_args(additional_forward_args), key, grad_kwargs
-        )
+        with self._hooks() as scratch:
+            (grads,), (acts,) = layer_gradients(
+                scratch, [self.layer], attribute_to_layer_input, self.forward_func,
+                as_tuple(inputs), target, format_args(additional_forward_args), grad_kwargs,
+            )
         weights = tuple(g.mean(dim=tuple(range(2, g.dim())), keepdim=True) if g.dim() > 2 else g for g in grads)
         if attr_dim_summation:
             cams = tuple((w * a).sum(dim=1, keepdim=True) for w, a in zip(weights, acts))

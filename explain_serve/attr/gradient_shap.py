@@ -12,6 +12,7 @@ import torch
 from .._core.gradients import gradients, leaf_inputs
 from .._core.inputs import (
     as_tuple,
+    baseline_distribution,
     format_args,
     format_baselines,
     format_output,
@@ -29,9 +30,6 @@ class InputBaselineXGradient(GradientAttribution):
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -58,9 +56,6 @@ class GradientShap(GradientAttribution):
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -75,15 +70,7 @@ class GradientShap(GradientAttribution):
         additional_forward_args=None,
         return_convergence_delta: bool = False,
     ):
-        inputs_t = as_tuple(inputs)
-        baselines = as_tuple(baselines)
-        if callable(baselines[0]) and not isinstance(baselines[0], torch.Tensor):
-            baselines = as_tuple(baselines[0](inputs))
-        if not isinstance(baselines[0], torch.Tensor):
-            raise ValueError("GradientShap needs baselines as a tensor distribution (or a callable returning one)")
-        for b, x in zip(baselines, inputs_t):
-            if b.shape[1:] != x.shape[1:]:
-                raise ValueError(f"baselines of shape {tuple(b.shape)} do not match inputs {tuple(x.shape)}")
+        baselines = baseline_distribution(baselines, inputs, "GradientShap")
         inner = InputBaselineXGradient(self.forward_func, self._multiply_by_inputs)
         return NoiseTunnel(inner).attribute(
             inputs,

@@ -37,9 +37,6 @@ class LayerGradientXActivation(LayerMethod, GradientAttribution):
         self._multiply_by_inputs = multiply_by_inputs
         self._memory_efficient = memory_efficient  # accepted for compatibility; nothing is offloaded
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def attribute(self, inputs, target=None, additional_forward_args=None, attribute_to_layer_input: bool = False, grad_kwargs=None):
         with self._hooks() as scratch:

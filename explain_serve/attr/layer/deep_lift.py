@@ -10,29 +10,20 @@ from __future__ import annotations
 
 import torch
 
-from ..._core.inputs import as_tuple, expand_args, format_args, format_baselines, tensorize_baselines
+from ..._core.inputs import (
+    as_tuple,
+    callable_baselines,
+    expand_args,
+    expand_for_baseline_distribution,
+    format_args,
+    format_baselines,
+    tensorize_baselines,
+)
 from ..._core.layers import layer_gradients
 from ..._core.targets import expand_target
 from .._base import GradientAttribution, convergence_delta
 from ..deep_lift import DeepLift, call_custom_attribution_func
 from ._base import LayerMethod
-
-
-def expand_for_baseline_distribution(inputs, baselines, target, args):
-    """Every input against every baseline: inputs repeated in place, baselines tiled (DeepLiftShap)."""
-    n, k = inputs[0].shape[0], baselines[0].shape[0]
-    return (
-        tuple(x.repeat_interleave(k, dim=0) for x in inputs),
-        tuple(torch.cat([b] * n, dim=0) for b in baselines),
-        expand_target(target, k, interleave=True),
-        expand_args(args, k, interleave=True),
-    )
-
-
-def _callable_baselines(baselines, inputs):
-    if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        return baselines(inputs if len(inputs) > 1 else inputs[0])
-    return baselines
 
 
 class LayerDeepLift(LayerMethod, GradientAttribution):
@@ -42,9 +33,6 @@ class LayerDeepLift(LayerMethod, GradientAttribution):
         self._multiply_by_inputs = multiply_by_inputs
         self._deep_lift = self.adopt(DeepLift(model, multiply_by_inputs))
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -61,7 +49,7 @@ class LayerDeepLift(LayerMethod, GradientAttribution):
         grad_kwargs=None,
     ):
         inputs = as_tuple(inputs)
-        baselines = _callable_baselines(baselines, inputs)
+        baselines = callable_baselines(baselines, inputs if len(inputs) > 1 else inputs[0])
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         joint = tuple(torch.cat([x, b]) for x, b in zip(inputs, baselines))
@@ -99,7 +87,7 @@ class LayerDeepLiftShap(LayerDeepLift):
         custom_attribution_func=None,
     ):
         inputs = as_tuple(inputs)
-        baselines = as_tuple(_callable_baselines(baselines, inputs))
+        baselines = as_tuple(callable_baselines(baselines, inputs if len(inputs) > 1 else inputs[0]))
         if baselines is None or not isinstance(baselines[0], torch.Tensor) or baselines[0].shape[0] < 2:
             raise ValueError(
                 "LayerDeepLiftShap needs a tensor distribution of more than one baseline; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..._core.inputs import as_tuple, format_args, format_baselines, tensorize_baselines
+from ..._core.inputs import as_tuple, baseline_distribution, format_args, format_baselines, tensorize_baselines
 from ..._core.layers import layer_eval, layer_gradients
 from .._base import GradientAttribution, convergence_delta
 from ..noise_tunnel import NoiseTunnel
@@ -24,9 +24,6 @@ class LayerInputBaselineXGradient(LayerMethod, GradientAttribution):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -70,9 +67,6 @@ class LayerGradientShap(LayerMethod, GradientAttribution):
         self._multiply_by_inputs = multiply_by_inputs
         self._inner_method = self.adopt(LayerInputBaselineXGradient(forward_func, layer, device_ids, multiply_by_inputs))
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
@@ -88,15 +82,7 @@ class LayerGradientShap(LayerMethod, GradientAttribution):
         return_convergence_delta: bool = False,
         attribute_to_layer_input: bool = False,
     ):
-        inputs_t = as_tuple(inputs)
-        baselines = as_tuple(baselines)
-        if callable(baselines[0]) and not isinstance(baselines[0], torch.Tensor):
-            baselines = as_tuple(baselines[0](inputs))
-        if not isinstance(baselines[0], torch.Tensor):
-            raise ValueError("LayerGradientShap needs baselines as a tensor distribution (or a callable returning one)")
-        for b, x in zip(baselines, inputs_t):
-            if b.shape[1:] != x.shape[1:]:
-                raise ValueError(f"baselines of shape {tuple(b.shape)} do not match inputs {tuple(x.shape)}")
+        baselines = baseline_distribution(baselines, inputs, "LayerGradientShap")
         with self._hooks():
             return NoiseTunnel(self._inner_method).attribute(
                 inputs,

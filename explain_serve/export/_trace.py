@@ -183,6 +183,9 @@ def to_onnx(
     """ONNX bytes of ``module`` (TorchScript-based exporter); default: axis 0 of every tensor dynamic."""
     axes = dynamic_axes or {name: {0: "batch"} for name in list(input_names) + list(output_names)}
     buffer = io.BytesIO()
+    if hasattr(torch._C, "_jit_set_onnx_log_output_stream"):
+        # the exporter dumps the whole graph when an operator has no translation: keep stdout clean
+        torch._C._jit_set_onnx_log_output_stream("stderr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

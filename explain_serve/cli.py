@@ -39,7 +39,8 @@ def _serve(args) -> int:
                                "metrics": args.metrics_port}.items() if v}
     info = server.start(Path(args.model_store), args.models or [], Path(args.workdir), host=args.host, ports=ports,
                         token=not args.no_token, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
-                        max_response_size=args.max_response_size, torch_threads=args.torch_threads)
+                        max_response_size=args.max_response_size, torch_threads=args.torch_threads,
+                        quiet_logs=not args.debug_logs)
     print(json.dumps({k: info[k] for k in ("endpoints", "pid", "token_file", "models", "workdir", "logs")}))
     return 0
 
@@ -112,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-response-size", type=int, default=6553500)
     s.add_argument("--torch-threads", type=int, help="intra-op threads per worker (default 1)")
     s.add_argument("--no-token", action="store_true", help="turn token authorization off")
+    s.add_argument("--debug-logs", action="store_true", help="TorchServe's own logging (DEBUG per request, metrics logs)")
     s.set_defaults(func=_serve)
 
     t = sub.add_parser("stop", help="stop the server started from --workdir and wait until its ports are free")

@@ -117,6 +117,47 @@ def write_config(workdir: Path, model_store: Path, models: Sequence[str], host: 
     return path
 
 
+_LOG_CONFIG = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- explain-serve: TorchServe's logs at INFO (its default is DEBUG per request), metrics logs off. -->
+<Configuration>
+  <Appenders>
+    <RollingFile name="access_log" fileName="{logs}/access_log.log" filePattern="{logs}/access_log.%i.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+    <RollingFile name="model_log" fileName="{logs}/model_log.log" filePattern="{logs}/model_log.%i.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+    <RollingFile name="ts_log" fileName="{logs}/ts_log.log" filePattern="{logs}/ts_log.%i.log.gz">
+      <PatternLayout pattern="%d{{ISO8601}} [%-5p] %t %c - %m%n"/>
+      <Policies><SizeBasedTriggeringPolicy size="100 MB"/></Policies>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="{access}" additivity="false"><AppenderRef ref="access_log"/></Logger>
+    <Logger name="MODEL_LOG" level="info" additivity="false"><AppenderRef ref="model_log"/></Logger>
+    <Logger name="MODEL_METRICS" level="off" additivity="false"/>
+    <Logger name="TS_METRICS" level="off" additivity="false"/>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="org.pytorch.serve" level="info" additivity="false"><AppenderRef ref="ts_log"/></Logger>
+    <Root level="warn"><AppenderRef ref="ts_log"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
+def write_log_config(workdir: Path, logs: Path, access_log: bool = True) -> Path:
+    """A log4j2 config: INFO instead of TorchServe's per-request DEBUG, no metrics log lines (CPU per request)."""
+    path = Path(workdir) / "log4j2.xml"
+    path.write_text(_LOG_CONFIG.format(logs=logs, access="info" if access_log else "off"))
+    return path
+
+
 def _get(url: str, token: Optional[str], timeout: float = 2.0) -> Any:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -127,7 +168,7 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
           ports: Optional[Dict[str, int]] = None, token: bool = True, batch_size: int = 1,
           max_batch_delay: int = 5, max_response_size: int = DEFAULT_MAX_RESPONSE,
           max_request_size: int = DEFAULT_MAX_REQUEST, per_model: Optional[Dict[str, Dict[str, Any]]] = None,
-          torch_threads: Optional[int] = None, timeout: float = 240.0) -> Dict[str, Any]:
+          torch_threads: Optional[int] = None, quiet_logs: bool = True, timeout: float = 240.0) -> Dict[str, Any]:
     """Start TorchServe, wait for READY workers, and return (and record) what a client needs."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise RuntimeError("TorchServe needs Java 17+: install a JDK or set JAVA_HOME")
@@ -166,6 +207,8 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
     launcher = Path(sys.executable).parent / "torchserve"
     cmd = [str(launcher)] if launcher.is_file() else [sys.executable, "-c", "from ts.model_server import start; start()"]
     cmd += ["--start", "--ncs", "--ts-config", str(cfg), "--model-store", str(model_store)]
+    if quiet_logs:
+        cmd += ["--log-config", str(write_log_config(workdir, logs))]
     with open(logs / "launcher.log", "ab") as out:
         proc = subprocess.run(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                               timeout=60)

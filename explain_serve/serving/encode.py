@@ -68,5 +68,5 @@ def estimate_bytes(input_numel: int, n_classes: int, heatmap_hw: Optional[Sequen
     if heatmap_hw is not None:
         h, w = heatmap_side(*heatmap_hw)
         total += (h * w * 3 + h + 1024) * 4 // 3 + 4
-    total += n_tokens * (BYTES_PER_VALUE + 64) + feature_chars + BYTES_PER_VALUE * 0
+    total += n_tokens * (BYTES_PER_VALUE + 24) + feature_chars  # tokens: {"token":..,"score":..} each
     return total

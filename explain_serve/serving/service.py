@@ -250,13 +250,18 @@ class ExplainService:
         return torch.softmax(y.float(), dim=1) if self.cfg["output"] == "logits" else y.float()
 
     # -- explanations ----------------------------------------------------------------------------
-    def _check_size(self, it: Item) -> None:
+    def response_estimate(self, it: Item) -> int:
+        """An upper bound of the explanation answer's size in bytes, from shapes alone."""
         hw = tuple(it.x.shape[-2:]) if it.heatmap else None
         feature_chars = sum(len(n) + 4 for n in self.cfg["input"]["features"]) if self.kind == "tabular" else 0
-        tokens = sum(len(t) for t in it.tokens) if it.tokens else 0
-        est = encode.estimate_bytes(it.x.numel(), self.n_classes, hw, n_tokens=it.x.numel() + tokens,
-                                    feature_chars=feature_chars) if self.kind == "text" else \
-            encode.estimate_bytes(it.x.numel(), self.n_classes, hw, feature_chars=feature_chars)
+        n_tokens = it.x.numel() if self.kind == "text" else 0
+        token_chars = sum(len(t) for t in it.tokens) if it.tokens else 0
+        return encode.estimate_bytes(it.x.numel(), self.n_classes, hw, n_tokens=n_tokens,
+                                     feature_chars=feature_chars + token_chars)
+
+    def _check_size(self, it: Item) -> None:
+        """Refuse (413) an explanation whose answer would exceed the response limit, before computing it."""
+        est = self.response_estimate(it)
         if est > self.response_limit:
             raise too_large(f"the explanation of this input would be up to {est} bytes, over the response limit of "
                             f"{self.response_limit} bytes (server max_response_size); send a smaller input"

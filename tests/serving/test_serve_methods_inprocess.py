@@ -86,3 +86,18 @@ def test_items_of_one_method_are_one_group(services, reference):
     alone = [json.loads(svc.handle([r], [True])[0][1]) for r in rows]
     for a, b in zip(answers, alone):  # batched answers equal one-at-a-time answers
         np.testing.assert_allclose(a["attributions"], b["attributions"], rtol=1e-4, atol=1e-6)
+
+
+def test_response_size_estimate_is_an_upper_bound(services, reference):
+    """The 413 check runs before computing, from shapes alone: real answers never exceed it."""
+    cases = [("digits", {"inputs": np.random.default_rng(0).normal(size=(1, 40, 40)).tolist(),
+                         "output": {"heatmap": True}, "method": "saliency"}),
+             ("digits", {"inputs": reference["digits"][3].tolist(), "output": {"heatmap": True}}),
+             ("cancer", {"inputs": (reference["cancer"][3] * 1e-7).tolist()}),
+             ("sentiment", {"inputs": " ".join(["wonderful tedious"] * 32)})]
+    for name, body in cases:
+        svc = services[name]
+        (status, text), = svc.handle([{"body": body}], [True])
+        assert status == 200, text
+        est = svc.response_estimate(svc.parser.parse(0, body, True))
+        assert len(text.encode()) <= est, (name, len(text), est)

@@ -84,3 +84,28 @@ def test_bad_items_fail_alone_in_a_batch(client, reference):
             assert status == 200 and answer["attributions"] == first_good["attributions"], answer
         else:
             assert status == 400, answer
+
+
+def test_frontend_rows_unknown_model_and_oversize_body(client, served):
+    """The rows TorchServe's frontend answers itself, before any worker sees the request."""
+    import socket
+
+    status, answer = client.explain("no_such_model", {"inputs": GOOD_CANCER})
+    assert status == 404 and answer["code"] == 404 and "no_such_model" in answer["message"]
+    host, port = served["host"], served["ports"]["http"]
+    with socket.create_connection((host, port), timeout=30) as sock:  # headers announce a body over max_request_size
+        sock.sendall((f"POST /explanations/cancer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                      f"Authorization: Bearer {served['keys']['inference']}\r\nContent-Length: 7000000\r\n\r\n").encode())
+        sock.sendall(b"{" * 65536)
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.split("\r\n")[0].split()[1] == "413", head
+    assert client.explain("cancer", {"inputs": GOOD_CANCER})[0] == 200
+
+
+def test_method_missing_from_the_core_is_501():
+    from explain_serve.serving.errors import ServeError
+    from explain_serve.serving.methods import MethodSpec, resolve_class
+
+    with pytest.raises(ServeError) as err:
+        resolve_class(MethodSpec("future_method", "FutureMethod"))
+    assert err.value.code == 501 and "future_method" in err.value.message

@@ -72,8 +72,8 @@ def read_body(row: Dict[str, Any], content_type: Optional[str], kind: str) -> An
     if ctype == "application/json" or (ctype == "" and raw.lstrip()[:1] in (b"{", b"[")):
         try:
             body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise bad(f"the body is not valid JSON ({exc}); send {{\"inputs\": ...}}") from exc
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise bad(f"the body is not valid JSON ({str(exc)[:200]}); send {{\"inputs\": ...}}") from exc
         if not isinstance(body, dict):
             raise bad("the body must be a JSON object such as {\"inputs\": ...}")
         return body

@@ -192,10 +192,15 @@ class ExplainService:
                 items.append(self.parser.parse(i, read_body(row, content_types[i], self.kind), bool(explain[i])))
             except ServeError as exc:
                 results[i] = (exc.code, exc.to_json())
+            except Exception as exc:  # an input no check foresaw: it fails alone, the batch goes on
+                logger.exception("could not read request %d", i)
+                results[i] = (400, bad(f"could not read this request ({type(exc).__name__}: {str(exc)[:200]})").to_json())
         predictions = self._predict(items, results)
         groups: Dict[Any, List[Item]] = {}
         for it in items:
             if results[it.index] is not None:
+                continue
+            if it.index not in predictions:  # its forward failed: answered by _predict
                 continue
             if not it.explain:
                 results[it.index] = (200, encode.dumps(self._head(predictions[it.index])))

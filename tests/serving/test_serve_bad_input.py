@@ -18,6 +18,8 @@ def digits_x(n=8):
 # (id, model, route, body, content type, status, fragment of the message)
 ROWS = [
     ("non_json", "digits", "explanations", b"{inputs: [1, 2", "application/json", 400, "not valid JSON"),
+    ("deeply_nested", "cancer", "explanations", b'{"inputs": ' + b"[" * 50000 + b"1" + b"]" * 50000 + b"}",
+     "application/json", 400, "not valid JSON"),
     ("json_list_body", "digits", "explanations", b"[1, 2, 3]", "application/json", 400, "JSON object"),
     ("wrong_content_type", "cancer", "explanations", b"1,2,3", "text/plain", 415, "application/json"),
     ("missing_inputs", "cancer", "explanations", {"target": 1}, None, 400, "missing 'inputs'"),

@@ -136,3 +136,32 @@ def test_hooks_attributes_and_memory_stay_put(worker, reference, store):
         np.testing.assert_allclose(body["prediction"]["probabilities"], e, rtol=1e-5, atol=1e-6)
     handler.service.close()
     assert hook_count(model) == 0
+
+
+def test_generic_handler_takes_the_kind_from_the_config(store, reference, tmp_path):
+    """handlers/explain_handler.py (no kind of its own) serves a tabular archive like the tabular handler."""
+    import shutil
+
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+    from ts.model_loader import TsModelLoader
+    import ts
+
+    model_dir = tmp_path / "cancer"
+    with zipfile.ZipFile(store / "cancer.mar") as z:
+        z.extractall(model_dir)
+    shutil.copy(Path(__file__).resolve().parents[2] / "handlers" / "explain_handler.py", model_dir)
+    sys.path.insert(0, str(model_dir))
+    try:
+        metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
+        metrics.initialize_cache()
+        service = TsModelLoader().load("cancer", str(model_dir), handler="explain_handler.py", gpu_id=None,
+                                       batch_size=8, metrics_cache=metrics)
+        service.set_cl_socket(None)
+        x = reference["cancer"][:2]
+        answers = decode_response(service.predict([request(0, {"inputs": x[0].tolist(), "method": "saliency"}, True),
+                                                   request(1, {"inputs": x[1].tolist()}, False)]))
+    finally:
+        sys.path.remove(str(model_dir))
+    (s0, explained), (s1, predicted) = answers
+    assert s0 == 200 and len(explained["features"]) == 30 and explained["method"] == "saliency"
+    assert s1 == 200 and "attributions" not in predicted and predicted["model"] == "cancer"

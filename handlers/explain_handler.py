@@ -3,21 +3,8 @@ archive's explain config. /predictions and /explanations, per-item batching.
 
 Thin: the logic is ``explain_serve.serving.service.ExplainService``.
 """
-from ts.torch_handler.base_handler import BaseHandler
-
-from explain_serve.serving.service import ExplainService
+from explain_serve.serving.handler import ExplainHandlerBase
 
 
-class ExplainHandler(BaseHandler):
-    def initialize(self, context):
-        self.context = context
-        self.service = ExplainService.from_context(context)
-        self.model = self.service.model
-        from explain_serve.export.serving import install  # ONNX Runtime artifacts, when the archive has them
-
-        install(self.service)
-        self.initialized = True
-
-    def handle(self, data, context):
-        """One JSON answer per request of the batch, with its own status."""
-        return self.service.handle_context(data, context)
+class ExplainHandler(ExplainHandlerBase):
+    kind = None

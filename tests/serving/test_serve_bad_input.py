@@ -83,7 +83,9 @@ def test_bad_items_fail_alone_in_a_batch(client, reference):
     first_good = next(a for (s, a), b in zip(answers, bodies) if b is good)
     for (status, answer), body in zip(answers, bodies):
         if body is good:
-            assert status == 200 and answer["attributions"] == first_good["attributions"], answer
+            # float32 results may differ in the last digit with the batch they were computed in
+            assert status == 200, answer
+            assert np.allclose(answer["attributions"], first_good["attributions"], rtol=1e-5, atol=1e-7), answer
         else:
             assert status == 400, answer
 

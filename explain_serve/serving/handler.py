@@ -1,0 +1,30 @@
+"""The TorchServe handler body shared by the handler modules in ``handlers/``.
+
+TorchServe loads the one class *defined* in a handler module (imported classes do not count), so
+each module there subclasses ``ExplainHandlerBase`` and names its input kind; the logic is
+``ExplainService``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ts.torch_handler.base_handler import BaseHandler
+
+from .service import ExplainService
+
+
+class ExplainHandlerBase(BaseHandler):
+    kind: Optional[str] = None  # None: the kind comes from the archive's explain config
+
+    def initialize(self, context):
+        from ..export.serving import install  # ONNX Runtime artifacts, when the archive has them
+
+        self.context = context
+        self.service = ExplainService.from_context(context, kind=self.kind)
+        self.model = self.service.model
+        install(self.service)
+        self.initialized = True
+
+    def handle(self, data, context):
+        """One JSON answer per request of the batch, with its own status."""
+        return self.service.handle_context(data, context)

@@ -181,7 +181,7 @@ def test_kserve_routes(client, reference):
     for path in ("/v1/models/digits:explain", "/v2/models/digits/explain"):
         status, body = client.request(path, {"inputs": x})
         assert status == 200, body
-        assert body["attributions"] == plain["attributions"]
+        assert np.allclose(body["attributions"], plain["attributions"], rtol=1e-5, atol=1e-7)
 
 
 def test_torchscript_tabular_with_only_flags(client, models, reference):
@@ -256,7 +256,7 @@ def test_grpc_explain_and_predict(client, models, reference):
     status, body = client.grpc_explain("digits", {"inputs": x, "target": 4})
     assert status == 200, body
     http_status, http_body = client.explain("digits", {"inputs": x, "target": 4})
-    assert body["attributions"] == http_body["attributions"] and body["target"] == 4
+    assert np.allclose(body["attributions"], http_body["attributions"], rtol=1e-5, atol=1e-7) and body["target"] == 4
     status, pred = client.grpc_predict("digits", {"inputs": x})
     assert status == 200 and "attributions" not in pred
     close(pred["prediction"]["probabilities"], probs(models["digits"], torch.tensor([x])))

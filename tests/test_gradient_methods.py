@@ -101,6 +101,14 @@ def test_agrees_with_captum(case, model_name):
 
 
 @pytest.mark.parametrize("case,model_name", ROWS)
+def test_method_properties_match_captum(case, model_name):
+    model, _, _ = make(model_name)
+    ours, theirs = build(ea, case, model), build(captum_attr, case, model)
+    assert ours.has_convergence_delta() == theirs.has_convergence_delta()
+    assert ours.multiplies_by_inputs == theirs.multiplies_by_inputs
+
+
+@pytest.mark.parametrize("case,model_name", ROWS)
 def test_batch_equals_one_by_one(case, model_name):
     whole = as_tuple(run(ea, case, model_name))
     n = whole[0].shape[0]

@@ -15,13 +15,14 @@ from .._core.targets import TargetType
 class Attribution:
     """An attribution method over ``forward_func`` (any callable returning a tensor)."""
 
+    _multiply_by_inputs = False  # set by constructors that take ``multiply_by_inputs``
+    _has_convergence_delta = False  # True where attributions should sum to f(x) - f(baseline)
+
     def __init__(self, forward_func: Callable) -> None:
         self.forward_func = forward_func
 
     def attribute(self, inputs, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
-
-    _multiply_by_inputs = False  # set by constructors that take ``multiply_by_inputs``
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -29,7 +30,7 @@ class Attribution:
         return self._multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
-        return False
+        return self._has_convergence_delta
 
     @classmethod
     def get_name(cls) -> str:
@@ -79,9 +80,7 @@ class GradientAttribution(Attribution):
 class PerturbationAttribution(Attribution):
     """Methods that only call the forward function (no gradients): any callable works."""
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+    _multiply_by_inputs = True
 
 
 class LayerAttribution(Attribution):

@@ -95,6 +95,8 @@ def call_custom_attribution_func(func: Callable, multipliers, inputs, baselines)
 
 
 class DeepLift(GradientAttribution, HookedMethod):
+    _has_convergence_delta = True
+
     def __init__(self, model: nn.Module, multiply_by_inputs: bool = True, eps: float = 1e-10) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError("DeepLift needs a torch.nn.Module (its nonlinear layers are hooked)")
@@ -102,10 +104,6 @@ class DeepLift(GradientAttribution, HookedMethod):
         self.model = model
         self.eps = eps
         self._multiply_by_inputs = multiply_by_inputs
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def _install_hooks(self, session: HookSession) -> None:
         table = rules(self.eps)

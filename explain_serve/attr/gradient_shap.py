@@ -26,13 +26,11 @@ from .noise_tunnel import NoiseTunnel
 class InputBaselineXGradient(GradientAttribution):
     """Gradient at one uniformly random point per example between baseline and input."""
 
+    _has_convergence_delta = True
+
     def __init__(self, forward_func, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(self, inputs, baselines=None, target=None, additional_forward_args=None, return_convergence_delta=False):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
@@ -52,13 +50,11 @@ class InputBaselineXGradient(GradientAttribution):
 
 
 class GradientShap(GradientAttribution):
+    _has_convergence_delta = True
+
     def __init__(self, forward_func, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(
         self,

@@ -23,13 +23,11 @@ from ._base import GradientAttribution
 
 
 class IntegratedGradients(GradientAttribution):
+    _has_convergence_delta = True
+
     def __init__(self, forward_func, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
         self._multiply_by_inputs = multiply_by_inputs
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(
         self,

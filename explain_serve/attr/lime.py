@@ -215,9 +215,6 @@ class LimeBase(PerturbationAttribution):
     def multiplies_by_inputs(self) -> bool:
         return False
 
-    def has_convergence_delta(self) -> bool:
-        return False
-
     def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         """Fit the interpretable model on (G, S, F) samples; coefficients (G, F)."""
         model = self.interpretable_model

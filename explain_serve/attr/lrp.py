@@ -51,6 +51,9 @@ class LRP(GradientAttribution, HookedMethod):
     """LRP with per-module rules: ``module.rule`` (Captum's convention), ``rules={module: rule}``
     (takes precedence), else the default rule of the module's type."""
 
+    _multiply_by_inputs = True
+    _has_convergence_delta = True
+
     def __init__(self, model: nn.Module, *, rules: Optional[Dict[nn.Module, PropagationRule]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError("LRP needs a torch.nn.Module")
@@ -62,13 +65,6 @@ class LRP(GradientAttribution, HookedMethod):
             rule = self.rules.get(module, getattr(module, "rule", None))
             if rule is not None and not isinstance(rule, PropagationRule):
                 raise TypeError(f"Please select propagation rules inherited from PropagationRule for module: {module}")
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def _rule_for(self, module: nn.Module):
         """The module's rule now (None: pass relevance through); read per call, never stored."""

@@ -12,11 +12,8 @@ from ._base import LayerMethod
 class LayerActivation(LayerMethod):
     """The layer's output (or input) for the given inputs: one forward, nothing else."""
 
+    _multiply_by_inputs = True
     _multiple_layers_allowed = True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
 
     def attribute(self, inputs, additional_forward_args=None, attribute_to_layer_input: bool = False):
         with self._hooks() as scratch, torch.no_grad():
@@ -36,7 +33,6 @@ class LayerGradientXActivation(LayerMethod, GradientAttribution):
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
         self._memory_efficient = memory_efficient  # accepted for compatibility; nothing is offloaded
-
 
     def attribute(self, inputs, target=None, additional_forward_args=None, attribute_to_layer_input: bool = False, grad_kwargs=None):
         with self._hooks() as scratch:

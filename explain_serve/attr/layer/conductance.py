@@ -71,12 +71,8 @@ class InternalInfluence(_PathLayerMethod):
 class LayerConductance(_PathLayerMethod):
     """Conductance of each neuron of the layer: the flow of the IG attribution through it."""
 
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
-
-    def has_convergence_delta(self) -> bool:
-        return True
+    _multiply_by_inputs = True
+    _has_convergence_delta = True
 
     def attribute(
         self,

@@ -27,15 +27,13 @@ from ._base import LayerMethod
 
 
 class LayerDeepLift(LayerMethod, GradientAttribution):
+    _has_convergence_delta = True
+
     def __init__(self, model, layer, multiply_by_inputs: bool = True) -> None:
         super().__init__(model, layer)
         self.model = model
         self._multiply_by_inputs = multiply_by_inputs
         self._deep_lift = self.adopt(DeepLift(model, multiply_by_inputs))
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(
         self,

@@ -20,13 +20,11 @@ from ._base import LayerMethod
 class LayerInputBaselineXGradient(LayerMethod, GradientAttribution):
     """Layer gradient at one uniformly random point per example between baseline and input."""
 
+    _has_convergence_delta = True
+
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(
         self,
@@ -60,16 +58,14 @@ class LayerInputBaselineXGradient(LayerMethod, GradientAttribution):
 
 
 class LayerGradientShap(LayerMethod, GradientAttribution):
+    _has_convergence_delta = True
+
     _own_taps = False  # the adopted LayerInputBaselineXGradient taps the layer
 
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
         self._inner_method = self.adopt(LayerInputBaselineXGradient(forward_func, layer, device_ids, multiply_by_inputs))
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(
         self,

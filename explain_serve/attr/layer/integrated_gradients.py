@@ -22,15 +22,13 @@ from ._base import LayerMethod
 
 
 class LayerIntegratedGradients(LayerMethod, GradientAttribution):
+    _has_convergence_delta = True
+
     _multiple_layers_allowed = True
 
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
-
-
-    def has_convergence_delta(self) -> bool:
-        return True
 
     def attribute(
         self,

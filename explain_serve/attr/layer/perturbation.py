@@ -13,9 +13,7 @@ from ._base import LayerMethod
 
 
 class _LayerPerturbation(LayerMethod):
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+    _multiply_by_inputs = True
 
     def _layer_attribute(self, attributor, inputs, additional_forward_args, side, **kwargs):
         inputs = as_tuple(inputs)

@@ -98,9 +98,7 @@ class NeuronGradientShap(NeuronMethod, GradientAttribution):
 
 
 class NeuronFeatureAblation(NeuronMethod):
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
+    _multiply_by_inputs = True
 
     def attribute(
         self,
@@ -131,7 +129,6 @@ class NeuronConductance(NeuronMethod, GradientAttribution):
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
         self._multiply_by_inputs = multiply_by_inputs
-
 
     def attribute(
         self,

@@ -326,6 +326,8 @@ def test_pooling_and_batch_norm_translations():
     for size in (1, 2, 4):
         expected, g, _ = _input_grad(lambda t: F.adaptive_avg_pool2d(t, size), x)
         torch.testing.assert_close(backward_ops.adaptive_avg_pool2d_backward(g, x), expected)
+        expected, g, _ = _input_grad(lambda t: F.adaptive_avg_pool2d(t, size), x[0])  # no batch axis
+        torch.testing.assert_close(backward_ops.adaptive_avg_pool2d_backward(g, x[0]), expected)
         torch.testing.assert_close(backward_ops.adaptive_avg_pool2d(x, [size, size]), F.adaptive_avg_pool2d(x, size))
     # batch norm in eval mode, forward and backward
     bn = _randomize_bn(nn.BatchNorm2d(3)).double().eval()
@@ -337,6 +339,39 @@ def test_pooling_and_batch_norm_translations():
     torch.testing.assert_close(out, y.detach())
     with pytest.raises(NotImplementedError, match="training"):
         backward_ops.native_batch_norm_backward(g, x, None, None, None, None, None, True, 1e-5, [True, False, False])
+
+
+@pytest.mark.parametrize(
+    "first, shape",
+    [
+        (nn.Linear(5, 7), (5,)),  # input gradient: mm, then the division by the inline scale
+        (nn.Conv2d(2, 3, 3, padding=1), (2, 6, 6)),  # input gradient: a convolution with the flipped kernel
+    ],
+)
+def test_sum_over_path_copies_runs_before_the_first_layers_backward(first, shape):
+    """The traced graph adds the stacked copies' gradients before the linear input-gradient operators."""
+    from explain_serve.export._trace import trace
+
+    torch.manual_seed(0)
+    model = nn.Sequential(first, nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)).eval()
+    scale = torch.rand(shape) + 0.5
+    model(torch.zeros((1,) + shape))
+    frozen = {k: v.detach() for k, v in model.state_dict().items()}
+
+    def fn(x):
+        rows = torch.cat([x * a for a in (0.25, 0.5, 1.0)])
+        with torch.enable_grad():
+            rows = rows.detach().requires_grad_(True)
+            out = torch.func.functional_call(model, frozen, (rows / scale,))
+            g = torch.autograd.grad(out[:, 1].sum(), rows)[0]
+        return g.reshape((3,) + x.shape).sum(0)
+
+    x = torch.randn((13,) + shape)
+    gm = trace(fn, [x])
+    aten = torch.ops.aten
+    linear = [n for n in gm.graph.nodes if n.target in (aten.mm.default, aten.convolution.default)]
+    assert any(n.args[0].target is aten.sum.dim_IntList for n in linear), gm.graph
+    torch.testing.assert_close(gm(x), fn(x), rtol=1e-5, atol=1e-6)
 
 
 def test_embedding_slice_and_activation_translations():

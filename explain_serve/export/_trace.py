@@ -148,6 +148,59 @@ def _fewer_dynamic_sizes(gm: torch.fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
 
 
+# Operators linear in their first argument, with every other operand fixed by the model.
+_ROWWISE_LINEAR = {
+    torch.ops.aten.mm.default: lambda n: True,
+    torch.ops.aten.div.Tensor: lambda n: True,
+    torch.ops.aten.mul.Tensor: lambda n: True,
+    torch.ops.aten.convolution.default: lambda n: n.args[2] is None and not n.args[6],  # no bias, not transposed
+}
+
+
+def _sum_before_linear(gm: torch.fx.GraphModule) -> None:
+    """``sum_k L(H_k)`` -> ``L(sum_k H_k)`` where L is linear, the same for every row, and fixed by the model.
+
+    Path methods stack k copies of the batch, take the gradient of all of them, and add the copies.
+    The last backward operators (the input gradient of a first convolution or linear layer, a
+    normalising division) are linear maps with model-fixed weights, so the copies can be added before
+    them: those operators then run on one batch instead of k batches.
+    """
+    aten = torch.ops.aten
+    varying = set()  # nodes that depend on a graph input
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
+    for total in list(gm.graph.nodes):
+        if total.target is not aten.sum.dim_IntList or list(total.args[1]) != [0] or len(total.args) > 2 or total.kwargs:
+            continue
+        split = total.args[0]
+        if split.target is not aten.view.default or len(split.users) != 1:
+            continue
+        copies, rest = split.args[1][0], list(split.args[1][2:])
+        chain, head = [], split.args[0]
+        while (head.op == "call_function" and head.target in _ROWWISE_LINEAR and len(head.users) == 1
+               and _ROWWISE_LINEAR[head.target](head) and isinstance(head.args[0], torch.fx.Node)
+               and not any(a in varying for a in head.all_input_nodes if a is not head.args[0])):
+            chain.append(head)
+            head = head.args[0]
+        value = head.meta.get("val")
+        if not chain or not isinstance(copies, int) or value is None:
+            continue
+        trailing = [int(s) if not isinstance(s, torch.SymInt) else None for s in value.shape[1:]]
+        if None in trailing:
+            continue
+        with gm.graph.inserting_before(total):
+            stacked = gm.graph.call_function(aten.view.default, (head, [copies, -1] + trailing))
+            out = gm.graph.call_function(aten.sum.dim_IntList, (stacked, [0]))
+            for op in reversed(chain):
+                out = gm.graph.call_function(op.target, (out,) + tuple(op.args[1:]), dict(op.kwargs))
+            out = gm.graph.call_function(aten.view.default, (out, [-1] + rest))
+        total.replace_all_uses_with(out)
+        for node in [total, split] + chain:
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+
+
 def trace(
     fn: Callable,
     example_args: Sequence[Tensor],
@@ -167,6 +220,7 @@ def trace(
         _allow_non_fake_inputs=True,
     )(*example_args)
     gm.graph.eliminate_dead_code()
+    _sum_before_linear(gm)
     _specialize(gm, example_args, dynamic if dynamic is not None else [[0]] * len(example_args))
     _fewer_dynamic_sizes(gm)
     return _dynamic_sizes(gm)

@@ -125,11 +125,16 @@ def max_pool3d_with_indices_backward(grad_output, self, kernel_size, stride, pad
 
 
 def _block_pool_backward(grad_output: Tensor, self: Tensor, kernel: List[int]) -> Tensor:
-    """Non-overlapping average pooling's backward: repeat each gradient over its block, divided by its size."""
-    lead = list(grad_output.shape[:-2])
+    """Non-overlapping average pooling's backward: repeat each gradient over its block, divided by its size.
+
+    Written as nearest-neighbour upsampling (ONNX ``Resize``), which ONNX Runtime runs about ten
+    times faster than the equivalent broadcast ``Expand`` (measured on the digits example).
+    """
     (h, w), (kh, kw) = [_static(s) for s in grad_output.shape[-2:]], kernel
-    spread = grad_output.reshape(lead + [h, 1, w, 1]).expand(lead + [h, kh, w, kw])
-    return spread.reshape(lead + [h * kh, w * kw]) / float(kh * kw)
+    batched = grad_output.dim() == 4
+    g = (grad_output if batched else grad_output.unsqueeze(0)) / float(kh * kw)
+    spread = aten.upsample_nearest2d.default(g, [h * kh, w * kw])
+    return spread if batched else spread.squeeze(0)
 
 
 def _uniform_pool_backward(grad_output: Tensor, self: Tensor, kernel: List[int], stride: List[int], padding: List[int]):

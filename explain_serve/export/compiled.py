@@ -77,23 +77,43 @@ def _frozen_forward(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return forward
 
 
-def _select(out: Tensor, target: Optional[Tensor], copies: int = 1) -> Tensor:
-    """The explained score of each example; a one-hot product, so its backward is one multiply.
-
-    ``out`` holds ``copies`` stacked copies of the batch that ``target`` describes; the result has
-    shape (copies, batch) when ``copies > 1`` (no repeated targets in the graph).
-    """
+def _check_output(out: Tensor, target: Optional[Tensor]) -> None:
     if target is None:
         if out.dim() > 1 and out[0].numel() != 1:
             raise CompileError(f"the model returns {tuple(out.shape[1:])} values per example; a target is needed")
-        return out.reshape(copies, -1) if copies > 1 else out.reshape(out.shape[0])
-    if out.dim() != 2:
+    elif out.dim() != 2:
         raise CompileError(f"compiled explainers select a class from a (batch, classes) output, got {out.dim()}-D")
+
+
+def _onehot(out: Tensor, target: Tensor) -> Tensor:
     classes = torch.arange(out.shape[1], device=out.device).unsqueeze(0)
-    onehot = (classes == target.reshape(-1, 1)).to(out.dtype)
-    if copies > 1:
-        return (out.reshape(copies, -1, out.shape[1]) * onehot).sum(-1)
-    return (out * onehot).sum(1)
+    return (classes == target.reshape(-1, 1)).to(out.dtype)
+
+
+def _select(out: Tensor, target: Optional[Tensor], copies: int = 1) -> Tensor:
+    """The explained score of each example, shape (copies, batch) for ``copies`` stacked batches."""
+    _check_output(out, target)
+    if target is None:
+        return out.reshape(copies, -1)
+    return (out.reshape(copies, -1, out.shape[1]) * _onehot(out, target)).sum(-1)
+
+
+def _output_seed(out: Tensor, target: Optional[Tensor], weights: Optional[Tensor] = None) -> Tensor:
+    """The gradient seeded at the model's output: the target's one-hot, times one weight per stacked copy.
+
+    ``out`` holds ``len(weights)`` stacked copies of the batch ``target`` describes. Backward is linear
+    in the seed, so seeding ``w_k`` yields copy k's gradient already weighted: no per-copy multiply, no
+    reduction over classes and no broadcast in the graph.
+    """
+    _check_output(out, target)
+    copies = 1 if weights is None else weights.numel()
+    if target is None:
+        seed = torch.zeros_like(out.detach()).reshape(copies, -1)
+        return (seed + (1.0 if weights is None else weights.reshape(copies, 1))).reshape(out.shape)
+    onehot = _onehot(out, target)
+    if weights is None:
+        return onehot
+    return (weights.reshape(copies, 1, 1) * onehot).reshape(out.shape)
 
 
 class _LayerTap:
@@ -148,37 +168,36 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
         t = args.pop(0) if spec.has_target else None
         return x, b, t
 
-    def gradient_of(x_like: Tensor, score: Tensor, weight: Optional[Tensor] = None) -> Tensor:
-        # d(sum of weight * score)/d(x_like), seeded with an explicit gradient: no shape plumbing in the graph
-        seed = torch.zeros_like(score.detach()) + (1.0 if weight is None else weight)
-        return torch.autograd.grad(score, x_like, grad_outputs=seed)[0]
+    def gradient_of(x_like: Tensor, out: Tensor, target: Optional[Tensor], weights: Optional[Tensor] = None) -> Tensor:
+        """d(sum of weight * target score)/d(x_like), seeded at the model's output (see ``_output_seed``)."""
+        return torch.autograd.grad(out, x_like, grad_outputs=_output_seed(out, target, weights))[0]
 
     def saliency(*args):
         x, _, t = unpack(args)
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
-            g = gradient_of(xr, _select(forward(xr), t))
+            g = gradient_of(xr, forward(xr), t)
         if method == "Saliency":
             return g.abs() if spec.abs else g
         return g * x
 
     def integrated_gradients(*args):
         # One forward over [path points; input; baseline]: the last two rows give the delta's end points.
+        # The quadrature weights are the seed of each copy (0 for the end points), so the weighted
+        # sum over path points is one reduction.
         x, b, t = unpack(args)
         diff = x - b
         a = torch.tensor(alphas, dtype=x.dtype).reshape(_weights_shape(n, x))
-        w = torch.tensor(weights, dtype=x.dtype).reshape(_weights_shape(n, x))
+        w = torch.tensor(list(weights) + [0.0, 0.0], dtype=x.dtype)
         points = b.unsqueeze(0) + a * diff.unsqueeze(0)
         rows = torch.cat([points, x.unsqueeze(0), b.unsqueeze(0)]).reshape([-1] + list(x.shape[1:]))
         with torch.enable_grad():
             rows = rows.detach().requires_grad_(True)
-            scores = _select(forward(rows), t, copies=n + 2)
-            on_path = torch.tensor([1.0] * n + [0.0, 0.0], dtype=scores.dtype).reshape(n + 2, 1)
-            g = gradient_of(rows, scores, on_path)
-        g = g.reshape([n + 2] + list(x.shape))[:n]
-        attributions = (g * w).sum(0) * diff
-        scores = scores.detach()
-        delta = attributions.reshape(x.shape[0], -1).sum(1) - (scores[n] - scores[n + 1])
+            out = forward(rows)
+            g = gradient_of(rows, out, t, w)
+        attributions = g.reshape([n + 2] + list(x.shape)).sum(0) * diff
+        ends = _select(out.detach().reshape([n + 2, -1] + list(out.shape[1:]))[n:].reshape([-1] + list(out.shape[1:])), t, copies=2)
+        delta = attributions.reshape(x.shape[0], -1).sum(1) - (ends[0] - ends[1])
         return attributions, delta
 
     def layer_grad_cam(*args):
@@ -186,11 +205,11 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
         tap = _LayerTap(layer)
         with tap.installed(), torch.enable_grad():
             tap.detach = True
-            score = _select(forward(x), t)
+            out = forward(x)
             acts = tap.seen
             if acts is None:
                 raise CompileError("the layer was not called in the forward pass")
-            g = gradient_of(acts, score)
+            g = gradient_of(acts, out, t)
         if g.dim() > 2:
             g = g.mean(dim=tuple(range(2, g.dim())), keepdim=True)
         cam = (g * acts.detach()).sum(1, keepdim=True)
@@ -201,26 +220,24 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
         tap = _LayerTap(layer)
         with tap.installed():
             with torch.no_grad():
-                ends = _select(forward(torch.cat([x, b])), torch.cat([t, t]) if t is not None else None)
+                ends = _select(forward(torch.cat([x, b])), t, copies=2)
                 both = tap.seen
             if both is None:
                 raise CompileError("the layer was not called in the forward pass")
             batch = x.shape[0]
             pair = both.reshape([2, -1] + list(both.shape[1:]))
             lx, lb = pair[0], pair[1]
-            ends = ends.reshape(2, -1)
             diff = lx - lb
             a = torch.tensor(alphas, dtype=diff.dtype).reshape(_weights_shape(n, diff))
-            w = torch.tensor(weights, dtype=diff.dtype).reshape(_weights_shape(n, diff))
+            w = torch.tensor(weights, dtype=diff.dtype)
             points = (lb.unsqueeze(0) + a * diff.unsqueeze(0)).reshape([-1] + list(diff.shape[1:]))
             xs = x.repeat([n] + [1] * (x.dim() - 1))
-            tt = t.repeat(n) if t is not None else None
             with torch.enable_grad():
                 points = points.detach().requires_grad_(True)
                 tap.replace = points
-                g = gradient_of(points, _select(forward(xs), tt))
+                g = gradient_of(points, forward(xs), t, w)
                 tap.replace = None
-        attributions = (g.reshape([n] + list(diff.shape)) * w).sum(0) * diff
+        attributions = g.reshape([n] + list(diff.shape)).sum(0) * diff
         delta = attributions.reshape(batch, -1).sum(1) - (ends[0] - ends[1])
         return attributions, delta
 

@@ -77,6 +77,8 @@ def _explain(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .serving import server  # standard library only: cheap to import
+
     p = argparse.ArgumentParser(prog="explain-serve", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -108,8 +110,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--management-port", type=int)
     s.add_argument("--metrics-port", type=int)
     s.add_argument("--workdir", default=DEFAULT_WORKDIR)
-    s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds (>= 1)")
+    s.add_argument("--batch-size", type=int, default=server.DEFAULT_BATCH_SIZE,
+                   help="most requests per server-side batch (default %(default)s; see the README's serving figures)")
+    s.add_argument("--max-batch-delay", type=int, default=server.DEFAULT_MAX_BATCH_DELAY,
+                   help="milliseconds a batch waits to fill (>= 1; default %(default)s); a lone request pays it")
     s.add_argument("--max-response-size", type=int, default=6553500)
     s.add_argument("--torch-threads", type=int, help="intra-op threads per worker (default 1)")
     s.add_argument("--no-token", action="store_true", help="turn token authorization off")

@@ -77,7 +77,8 @@ def served(out_dir: Path, model_store: Path) -> dict:
     workdir = out_dir / "demo-server"
     server.stop(workdir)  # a server left over from an interrupted demo
     t0 = time.perf_counter()
-    info = server.start(model_store, ["digits", "cancer", "sentiment"], workdir, batch_size=8, max_batch_delay=5)
+    info = server.start(model_store, ["digits", "cancer", "sentiment"], workdir, batch_size=server.DEFAULT_BATCH_SIZE,
+                          max_batch_delay=server.DEFAULT_MAX_BATCH_DELAY)
     start_s = time.perf_counter() - t0
     summary = {"build_examples_s": round(build_s, 1), "serve_start_s": round(start_s, 1),
                "endpoints": info["endpoints"], "token_file": info["token_file"], "models": {}}

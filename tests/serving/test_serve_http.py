@@ -122,6 +122,34 @@ def test_digits_methods_match_in_process(client, models, reference, store, metho
     close(body["attributions"], expected[0])
 
 
+@pytest.mark.parametrize("method,params,build", [
+    ("kernel_shap", {"n_samples": 60, "seed": 4},
+     lambda m, x, b, t: attr.KernelShap(m).attribute(x, baselines=b, target=t, n_samples=60)),
+    ("lime", {"n_samples": 60, "seed": 5}, lambda m, x, b, t: attr.Lime(m).attribute(x, baselines=b, target=t, n_samples=60)),
+    ("shapley_value_sampling", {"n_samples": 3, "seed": 6},
+     lambda m, x, b, t: attr.ShapleyValueSampling(m).attribute(x, baselines=b, target=t, n_samples=3)),
+    ("feature_ablation", {}, lambda m, x, b, t: attr.FeatureAblation(m).attribute(x, baselines=b, target=t)),
+    ("noise_tunnel", {"base": "saliency", "nt_type": "smoothgrad_sq", "nt_samples": 6, "stdevs": 0.2, "seed": 7},
+     lambda m, x, b, t: attr.NoiseTunnel(attr.Saliency(m)).attribute(x, nt_type="smoothgrad_sq", nt_samples=6, stdevs=0.2, target=t)),
+])
+def test_cancer_perturbation_and_random_methods_match_in_process(client, models, reference, method, params, build):
+    """Sampling methods over the server: the request's seed gives the in-process answer of the same seed."""
+    from explain_serve.serving.methods import seed_everything
+
+    x = torch.from_numpy(reference["cancer"][21][None])
+    mean = torch.from_numpy(reference["cancer"].mean(0, keepdims=True))
+    status, body = client.explain("cancer", {"inputs": x[0].tolist(), "method": method, "params": params, "target": 1})
+    assert status == 200, body
+    assert body["method"] == method and body["target"] == 1 and body["shape"] == [30]
+    seed_everything(params.get("seed", 0))
+    expected = build(models["cancer"], x, mean, 1)[0]
+    close(body["attributions"], expected)
+    if method == "shapley_value_sampling":  # Shapley values are efficient: they add up to f(x) - f(baseline)
+        with torch.no_grad():
+            gap = float(models["cancer"](x)[0, 1] - models["cancer"](mean)[0, 1])
+        assert sum(body["attributions"]) == pytest.approx(gap, rel=1e-4, abs=1e-5)
+
+
 def test_text_occlusion_tokens_match_in_process(client, models, store):
     text = "this film was superb but a little dull and fun"
     status, body = client.explain("sentiment", {"inputs": text, "method": "occlusion"})

@@ -6,9 +6,10 @@ type, a default and, where it drives cost, a limit from the model's config (``ma
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -185,6 +186,23 @@ def seed_everything(seed: int) -> None:
     """Random methods draw from torch and numpy (as Captum's do): seeded per group for reproducible answers."""
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """``seed_everything`` for the duration of one computation, then the worker's RNG states as they were.
+
+    A request's seed must not leak into the process: other code in the worker (the user's model, a
+    later unseeded draw) keeps its own random stream.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
 
 
 def occlusion_windows(shape: Sequence[int], window: Sequence[int], strides: Sequence[int]) -> int:

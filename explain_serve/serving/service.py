@@ -11,6 +11,7 @@ computed as one batch with per-item targets; answers are compact JSON strings.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -30,7 +31,7 @@ from . import encode
 from .baselines import PRECOMPUTED_NAME, Baselines
 from .config import CONFIG_NAME, ConfigError, labels, load_file, max_response_bytes, normalize
 from .errors import ServeError, bad, too_large
-from .methods import METHODS, MethodSpec, build, occlusion_windows, resolve_class, seed_everything
+from .methods import METHODS, MethodSpec, build, occlusion_windows, resolve_class, seeded
 from .requests import Item, Parser, is_true, read_body
 
 logger = logging.getLogger(__name__)
@@ -306,15 +307,14 @@ class ExplainService:
         targets = [int(m.target) for m in members]
         start = time.perf_counter()
         kwargs, echo, baseline_used = self._kwargs(spec, params, x)
-        if spec.random:
-            seed_everything(int(params.get("seed") or 0))
         if spec.name == "noise_tunnel":
             method = self.methods[spec.name][params["base"]]
         else:
             method = self.methods[spec.name]
         if spec.per_item and x.shape[0] > 1:
             raise AssertionError("per-item methods are grouped alone")
-        out = method.attribute(x, target=targets, **kwargs)
+        with seeded(int(params.get("seed") or 0)) if spec.random else contextlib.nullcontext():
+            out = method.attribute(x, target=targets, **kwargs)
         attr, delta = (out if kwargs.get("return_convergence_delta") else (out, None))
         attr = self._to_input_shape(spec, attr, x)
         elapsed = (time.perf_counter() - start) * 1000

@@ -101,3 +101,27 @@ def test_response_size_estimate_is_an_upper_bound(services, reference):
         assert status == 200, text
         est = svc.response_estimate(svc.parser.parse(0, body, True))
         assert len(text.encode()) <= est, (name, len(text), est)
+
+
+@pytest.mark.parametrize("method,params", [("kernel_shap", {"n_samples": 40}), ("gradient_shap", {"n_samples": 4, "stdevs": 0.2}),
+                                           ("noise_tunnel", {"nt_samples": 4, "stdevs": 0.3})])
+def test_request_seed_decides_the_answer_and_leaves_the_worker_rng_alone(services, reference, method, params):
+    import torch
+
+    svc = services["cancer"]
+
+    def explain(seed):
+        body = {"inputs": reference["cancer"][2].tolist(), "method": method, "params": {**params, "seed": seed}, "target": 0}
+        (status, text), = svc.handle([{"body": body}], [True])
+        assert status == 200, text
+        return np.asarray(json.loads(text)["attributions"])
+
+    torch.manual_seed(123)
+    np.random.seed(456)
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    first, again, other = explain(1), explain(1), explain(2)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert torch.equal(torch.get_rng_state(), torch_state)  # the request's seed did not leak
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]

@@ -60,6 +60,20 @@ class PoolCNN(nn.Module):
         return self.fc(self.gap(x).flatten(1))
 
 
+class UpsamplingCNN(nn.Module):
+    """Bilinear (by a scale factor) and nearest (to a size) upsampling between convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2)
+        self.fc = nn.Linear(4 * 10 * 10, 3)
+
+    def forward(self, x):
+        x = F.interpolate(torch.relu(self.conv1(x)), scale_factor=1.5, mode="bilinear", align_corners=False)
+        x = F.interpolate(torch.relu(self.conv2(x)), size=(10, 10), mode="nearest")
+        return self.fc(x.flatten(1))
+
+
 class TextModel(nn.Module):
     def __init__(self, vocab=40, dim=8):
         super().__init__()
@@ -92,6 +106,8 @@ def model_case(name):
         return MLP().eval(), torch.randn(4, 6, generator=g), torch.randn(7, 6, generator=g), "fc2"
     if name == "cnn":
         return _randomize_bn(PoolCNN()).eval(), torch.randn(3, 2, 12, 12, generator=g), torch.randn(5, 2, 12, 12, generator=g), "conv2"
+    if name == "upsampling":
+        return UpsamplingCNN().eval(), torch.randn(3, 2, 12, 12, generator=g), torch.randn(5, 2, 12, 12, generator=g), "conv2"
     if name == "text":
         ids = torch.randint(1, 40, (3, 6), generator=g)
         other = torch.randint(0, 40, (5, 9), generator=g)  # other batch size and sequence length
@@ -115,7 +131,7 @@ def targets_for(model, x):
         return model(x).argmin(1)  # not the argmax: the target really is an input of the graph
 
 
-DENSE = ("mlp", "cnn", "digits", "cancer")
+DENSE = ("mlp", "cnn", "upsampling", "digits", "cancer")
 TEXT = ("text", "sentiment")
 
 
@@ -374,6 +390,25 @@ def test_sum_over_path_copies_runs_before_the_first_layers_backward(first, shape
     torch.testing.assert_close(gm(x), fn(x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, kwargs", [
+    ((2, 3, 5, 7), dict(scale_factor=2, mode="bilinear", align_corners=False)),
+    ((2, 3, 5, 7), dict(size=(9, 13), mode="bilinear", align_corners=True)),
+    ((2, 3, 5, 7), dict(scale_factor=(1.7, 2.3), mode="bilinear")),
+    ((2, 3, 5, 7), dict(size=(11, 8), mode="bilinear", align_corners=False)),
+    ((2, 3, 5, 7), dict(scale_factor=3, mode="nearest")),
+    ((2, 3, 5, 7), dict(size=(8, 16), mode="nearest")),
+    ((2, 3, 6, 6), dict(scale_factor=1.5, mode="nearest", recompute_scale_factor=True)),
+])
+def test_upsampling_as_matrix_products(shape, kwargs):
+    """``F.interpolate`` as traced for compiling: the same values and input gradients as PyTorch's kernels."""
+    x = torch.randn(shape, dtype=torch.float64)
+    expected, g, y = _input_grad(lambda t: F.interpolate(t, **kwargs), x)
+    got, _, out = _input_grad(lambda t: backward_ops._interpolate(t, **kwargs), x)
+    torch.testing.assert_close(out, y)
+    torch.testing.assert_close(got, expected)
+    assert backward_ops._interpolate(x, scale_factor=2, mode="bicubic") is None  # left to PyTorch
+
+
 def test_embedding_slice_and_activation_translations():
     weight = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
     ids = torch.tensor([[1, 2, 2, 0], [3, 1, 0, 0]])
@@ -426,7 +461,7 @@ def test_activation_model_compiles_and_matches():
 
 # -- serving integration (in-process; over TorchServe in tests/serving/test_serve_compiled.py) ----------
 class Upsampling(nn.Module):
-    """Bilinear upsampling: its forward exports, its backward has no translation (so no compiled graph)."""
+    """Bicubic upsampling: its forward exports, its backward has no translation (so no compiled graph)."""
 
     def __init__(self):
         super().__init__()
@@ -434,7 +469,7 @@ class Upsampling(nn.Module):
         self.fc = nn.Linear(2 * 16 * 16, 3)
 
     def forward(self, x):
-        up = F.interpolate(self.conv(x), scale_factor=2, mode="bilinear", align_corners=False)
+        up = F.interpolate(self.conv(x), scale_factor=2, mode="bicubic", align_corners=False)
         return self.fc(up.flatten(1))
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .backward_ops import decompositions
+from .backward_ops import decompositions, function_overrides
 
 DEFAULT_OPSET = 17
 _EXAMPLE_BATCHES = (13, 11, 17, 19, 23, 29, 31, 37)
@@ -213,8 +213,12 @@ def trace(
     """
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    def traced(*args):
+        with function_overrides():
+            return fn(*args)
+
     gm = make_fx(
-        fn,
+        traced,
         decomposition_table=decompositions(extra_decompositions),
         tracing_mode="symbolic",
         _allow_non_fake_inputs=True,

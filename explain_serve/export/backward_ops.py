@@ -6,7 +6,8 @@ none, so they are rewritten here, at trace time, into forward operators that do 
 convolution, a scatter-add, an elementwise scale...). Only the gradient with respect to the
 operator's *input* is produced: compiled explainers never differentiate with respect to weights.
 
-``decompositions()`` returns the table handed to ``make_fx``.
+``decompositions()`` returns the table handed to ``make_fx``; ``function_overrides`` is active while
+tracing and rewrites the few functions that PyTorch decomposes above autograd (upsampling).
 """
 from __future__ import annotations
 
@@ -101,6 +102,80 @@ def convolution_backward(
             grad_output, weight, None, stride, padding, dilation, False, [0] * nd, 1
         )
     return grad_input, None, None
+
+
+# -- upsampling ---------------------------------------------------------------------------------------
+def _source_scale(n_in: int, n_out: int, align_corners: bool, scale) -> float:
+    if align_corners:
+        return (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    return 1.0 / scale if scale is not None and scale > 0 else n_in / n_out
+
+
+def _interpolation_matrix(n_in: int, n_out: int, mode: str, align_corners: bool, scale, like: Tensor) -> Tensor:
+    """(n_out, n_in) weights of one axis of PyTorch's nearest or (bi)linear upsampling (a constant)."""
+    import math
+
+    import numpy as np
+
+    step = _source_scale(n_in, n_out, align_corners, scale)
+    rows = np.zeros((n_out, n_in))
+    for dst in range(n_out):
+        if mode == "nearest":
+            rows[dst, min(int(math.floor(dst * step)), n_in - 1)] = 1.0
+            continue
+        src = step * dst if align_corners else max(step * (dst + 0.5) - 0.5, 0.0)
+        lo = min(int(src), n_in - 1)
+        hi = lo + 1 if lo < n_in - 1 else lo
+        frac = src - lo
+        rows[dst, lo] += 1.0 - frac
+        rows[dst, hi] += frac
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
+def _separable_upsample(input: Tensor, size: Sequence[int], mode: str, align_corners: bool, scales) -> Tensor:
+    """Upsampling as ``A_h @ x @ A_w^T`` with constant interpolation matrices.
+
+    Tracing keeps it as two matrix products, whose backward (two more) exports as is; PyTorch's own
+    decomposition with symbolic sizes is a gather whose backward (an index_put) does not export.
+    """
+    (h_in, w_in), (h_out, w_out) = [_static(v) for v in input.shape[-2:]], [_static(v) for v in size]
+    a_h = _interpolation_matrix(h_in, h_out, mode, align_corners, scales[0], input)
+    a_w = _interpolation_matrix(w_in, w_out, mode, align_corners, scales[1], input)
+    return torch.matmul(torch.matmul(a_h, input), a_w.t())
+
+
+def _interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
+                 recompute_scale_factor=None, antialias: bool = False) -> Optional[Tensor]:
+    """``F.interpolate`` of 4-D input in nearest or bilinear mode as matrix products (else None)."""
+    import math
+
+    if input.dim() != 4 or mode not in ("nearest", "bilinear") or antialias:
+        return None
+    if size is not None:
+        out = [size, size] if isinstance(size, int) else list(size)
+        scales = [None, None]
+    else:
+        factors = [scale_factor, scale_factor] if isinstance(scale_factor, (int, float)) else list(scale_factor)
+        out = [int(math.floor(_static(n) * float(f))) for n, f in zip(input.shape[-2:], factors)]
+        scales = [None, None] if recompute_scale_factor else [float(f) for f in factors]
+    linear = mode == "bilinear"
+    return _separable_upsample(input, out, "linear" if linear else "nearest", bool(align_corners) and linear, scales)
+
+
+class function_overrides(torch.overrides.TorchFunctionMode):
+    """While tracing: replace ``F.interpolate`` (nearest, bilinear) by ``_separable_upsample``.
+
+    PyTorch decomposes symbolic-size upsampling, above autograd, into a gather whose backward does not
+    export; two matrix products (forward and backward) do.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.interpolate:
+            out = _interpolate(*args, **kwargs)
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
 
 
 # -- pooling ------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ requests, so predictions are unaffected).
 Per server-side batch (``handle``): every item is read on its own (its explain flag, target, method
 and parameters); a bad item gets its own 4xx and the rest go on; all valid items are predicted in
 one forward per input shape; explanations with the same method, parameters and input shape are
-computed as one batch with per-item targets; answers are compact JSON strings.
+computed as one batch with per-item targets (random methods one item at a time, so a seeded answer
+does not depend on its batch); answers are compact JSON strings.
 """
 from __future__ import annotations
 
@@ -276,7 +277,8 @@ class ExplainService:
     def _group_key(self, it: Item) -> Any:
         spec = METHODS[it.method]
         shape = None if self.kind == "text" else tuple(it.x.shape)
-        alone = spec.per_item or (spec.distribution and it.params.get("baselines") == "blur")
+        # random methods run alone: a seeded answer must not depend on the other requests in the batch
+        alone = spec.per_item or spec.random or (spec.distribution and it.params.get("baselines") == "blur")
         return (it.method, json.dumps(it.params, sort_keys=True), shape, it.index if alone else None)
 
     def _explain_group(self, members: List[Item], predictions, results: List[Optional[Result]]) -> None:

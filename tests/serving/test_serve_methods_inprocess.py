@@ -122,6 +122,11 @@ def test_request_seed_decides_the_answer_and_leaves_the_worker_rng_alone(service
     first, again, other = explain(1), explain(1), explain(2)
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
+    # in a server-side batch with other items of the same method, the answer is the one it gets alone
+    rows = [{"body": {"inputs": reference["cancer"][k].tolist(), "method": method, "params": {**params, "seed": 1},
+                      "target": 0}} for k in (5, 2, 9)]
+    batched = [json.loads(text)["attributions"] for _, text in svc.handle(rows, [True] * 3)]
+    np.testing.assert_array_equal(batched[1], first)
     assert torch.equal(torch.get_rng_state(), torch_state)  # the request's seed did not leak
     after = np.random.get_state()
     assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]

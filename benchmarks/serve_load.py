@@ -4,9 +4,10 @@ same server that calls Captum's IntegratedGradients per request (benchmarks/capt
 
     .venv/bin/python benchmarks/serve_load.py [--requests 200] [--clients 8] [--out out/serve_load.json]
 
-One TorchServe, started and stopped here, serves: digits, cancer, sentiment and digits_captum (Captum
-per request) at --batch-size (default: the server's default, 4), and the same digits archive as
-digits_b1 (batch size 1) and digits_b8 (batch size 8); the batched models wait up to --max-batch-delay
+One TorchServe, started and stopped here, serves: digits, cancer, sentiment, digits_captum (Captum
+per request) and digits_onnx (predictions on ONNX Runtime, explanations from the compiled IG graph) at
+--batch-size (default: the server's default, 4), and the same digits archive as digits_b1 (batch size
+1) and digits_b8 (batch size 8); the batched models wait up to --max-batch-delay
 ms for a batch to fill, which a lone request pays.
 Every explanation is integrated gradients with 32 Gauss-Legendre steps (layer IG on the embedding for
 text), baseline zeros (mean for cancer). Clients use keep-alive connections from this machine, so
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests per model and route first")
     p.add_argument("--batch-size", type=int, default=server.DEFAULT_BATCH_SIZE, help="for the batched models")
     p.add_argument("--max-batch-delay", type=int, default=server.DEFAULT_MAX_BATCH_DELAY, help="ms, for the batched models")
-    p.add_argument("--models", nargs="*", default=["digits", "digits_b1", "digits_b8", "digits_captum", "cancer", "sentiment"])
+    p.add_argument("--models", nargs="*", default=["digits", "digits_b1", "digits_b8", "digits_captum", "digits_onnx", "cancer", "sentiment"])
     p.add_argument("--out", default=str(ROOT / "out" / "serve_load.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -152,6 +153,9 @@ def main(argv=None) -> int:
         b = store / "build" / "digits"
         archive("digits_captum", b / "weights.pt", "image", store, config=b / "explain.yaml",
                 reference_data=b / "reference.npy", handler=ROOT / "benchmarks" / "captum_ig_handler.py")
+        if "digits_onnx" in args.models:
+            archive("digits_onnx", b / "weights.pt", "image", store, config=b / "explain.yaml",
+                    reference_data=b / "reference.npy", runtime="onnx")
         ref = {"digits": np.load(store / "build" / "digits" / "reference.npy"),
                "cancer": np.load(store / "build" / "cancer" / "reference.npy")}
         inputs = {"digits": [x.tolist() for x in ref["digits"][:64]], "cancer": [x.tolist() for x in ref["cancer"][:64]],
@@ -160,7 +164,8 @@ def main(argv=None) -> int:
         results: Dict[str, Dict] = {"requests": args.requests, "clients": args.clients, "in_process": {}, "served": {}}
         for name in sorted({m.split("_")[0] for m in args.models}):
             results["in_process"][name] = in_process_ms(store, name, inputs[name], min(args.requests, 200))
-        models = ["digits", "cancer", "sentiment", "digits_b1=digits.mar", "digits_b8=digits.mar", "digits_captum"]
+        models = ["digits", "cancer", "sentiment", "digits_b1=digits.mar", "digits_b8=digits.mar", "digits_captum",
+                  "digits_onnx"]
         models = [m for m in models if m.split("=")[0] in args.models]
         info = server.start(store, models, workdir, batch_size=args.batch_size, max_batch_delay=args.max_batch_delay,
                             per_model={"digits_b1": {"batchSize": 1, "maxBatchDelay": 1}, "digits_b8": {"batchSize": 8}})
@@ -192,6 +197,7 @@ def main(argv=None) -> int:
     summary["digits_explain_throughput_batched_vs_unbatched"] = ratio("digits", "digits_b1")
     summary["digits_b8_explain_throughput_vs_unbatched"] = ratio("digits_b8", "digits_b1")
     summary["digits_explain_throughput_vs_captum_per_request"] = ratio("digits", "digits_captum")
+    summary["digits_onnx_explain_throughput_vs_eager"] = ratio("digits_onnx", "digits")
     results["summary"] = summary
     print(json.dumps({"in_process": results["in_process"], "summary": results["summary"]}, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ DEFAULT_WORKDIR = "out/torchserve"  # out/ is gitignored
 def _build_examples(args) -> int:
     from .examples import EXAMPLES, build_examples
 
-    out = build_examples(Path(args.model_store), args.names or EXAMPLES)
+    out = build_examples(Path(args.model_store), args.names or EXAMPLES, runtime=args.runtime)
     print(json.dumps({name: str(path) for name, path in out.items()}))
     return 0
 
@@ -85,6 +85,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-examples", help="train and archive the bundled example models")
     b.add_argument("--model-store", default=DEFAULT_STORE)
     b.add_argument("names", nargs="*", help="subset of: digits cancer sentiment")
+    b.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: also pack model.onnx and compiled explainers (predictions and explanations on ONNX Runtime)")
     b.set_defaults(func=_build_examples)
 
     a = sub.add_parser("archive", help="pack a model and its explain config into NAME.mar")

@@ -282,8 +282,11 @@ def load_example_model(name: str, build_dir: Path) -> nn.Module:
     return model.eval()
 
 
-def build_examples(model_store: Path, names: Sequence[str] = EXAMPLES, seed: int = 0) -> Dict[str, Path]:
-    """Train and archive the examples into ``model_store`` (NAME.mar; sources under model_store/build/)."""
+def build_examples(model_store: Path, names: Sequence[str] = EXAMPLES, seed: int = 0, runtime: str = "torch") -> Dict[str, Path]:
+    """Train and archive the examples into ``model_store`` (NAME.mar; sources under model_store/build/).
+
+    ``runtime="onnx"`` packs each with its ONNX export and compiled explainers (see ``archive``).
+    """
     from .serving.archive import archive
 
     model_store = Path(model_store)
@@ -293,5 +296,5 @@ def build_examples(model_store: Path, names: Sequence[str] = EXAMPLES, seed: int
         trained = build_example(name, build_dir, seed=seed)
         files = trained["files"]
         out[name] = archive(name, files["weights"], trained["config"]["kind"], model_store, config=files["config"],
-                            reference_data=files.get("reference"), extra_files=files.get("extra", ()))
+                            reference_data=files.get("reference"), extra_files=files.get("extra", ()), runtime=runtime)
     return out

@@ -29,6 +29,20 @@ def test_example_training_is_deterministic(name):
     assert a["accuracy"] > 0.9
 
 
+def test_build_examples_with_the_onnx_runtime(tmp_path):
+    """``build-examples --runtime onnx``: the archive carries model.onnx and the compiled default method."""
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run(CLI + ["build-examples", "cancer", "--runtime", "onnx", "--model-store", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"cancer": str(tmp_path / "cancer.mar")}
+    with zipfile.ZipFile(tmp_path / "cancer.mar") as z:
+        names = set(z.namelist())
+        manifest = json.loads(z.read("onnx.json"))
+    assert {"model.onnx", "onnx.json", "compiled.integrated_gradients.onnx"} <= names, names
+    assert "integrated_gradients" not in manifest.get("not_compiled", {})
+
+
 def _eager_model(tmp_path: Path):
     src = tmp_path / "tiny.py"
     src.write_text(textwrap.dedent('''

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .backward_ops import decompositions, function_overrides
+from .backward_ops import FunctionOverrides, decompositions
 
 DEFAULT_OPSET = 17
 _EXAMPLE_BATCHES = (13, 11, 17, 19, 23, 29, 31, 37)
@@ -214,7 +214,7 @@ def trace(
     from torch.fx.experimental.proxy_tensor import make_fx
 
     def traced(*args):
-        with function_overrides():
+        with FunctionOverrides():
             return fn(*args)
 
     gm = make_fx(

@@ -6,13 +6,15 @@ none, so they are rewritten here, at trace time, into forward operators that do 
 convolution, a scatter-add, an elementwise scale...). Only the gradient with respect to the
 operator's *input* is produced: compiled explainers never differentiate with respect to weights.
 
-``decompositions()`` returns the table handed to ``make_fx``; ``function_overrides`` is active while
+``decompositions()`` returns the table handed to ``make_fx``; ``FunctionOverrides`` is active while
 tracing and rewrites the few functions that PyTorch decomposes above autograd (upsampling).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -113,10 +115,6 @@ def _source_scale(n_in: int, n_out: int, align_corners: bool, scale) -> float:
 
 def _interpolation_matrix(n_in: int, n_out: int, mode: str, align_corners: bool, scale, like: Tensor) -> Tensor:
     """(n_out, n_in) weights of one axis of PyTorch's nearest or (bi)linear upsampling (a constant)."""
-    import math
-
-    import numpy as np
-
     step = _source_scale(n_in, n_out, align_corners, scale)
     rows = np.zeros((n_out, n_in))
     for dst in range(n_out):
@@ -147,8 +145,6 @@ def _separable_upsample(input: Tensor, size: Sequence[int], mode: str, align_cor
 def _interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "nearest", align_corners=None,
                  recompute_scale_factor=None, antialias: bool = False) -> Optional[Tensor]:
     """``F.interpolate`` of 4-D input in nearest or bilinear mode as matrix products (else None)."""
-    import math
-
     if input.dim() != 4 or mode not in ("nearest", "bilinear") or antialias:
         return None
     if size is not None:
@@ -162,7 +158,7 @@ def _interpolate(input: Tensor, size=None, scale_factor=None, mode: str = "neare
     return _separable_upsample(input, out, "linear" if linear else "nearest", bool(align_corners) and linear, scales)
 
 
-class function_overrides(torch.overrides.TorchFunctionMode):
+class FunctionOverrides(torch.overrides.TorchFunctionMode):
     """While tracing: replace ``F.interpolate`` (nearest, bilinear) by ``_separable_upsample``.
 
     PyTorch decomposes symbolic-size upsampling, above autograd, into a gather whose backward does not

@@ -196,7 +196,9 @@ def attribution_function(model: nn.Module, spec: ExplainerSpec, layer: Optional[
             out = forward(rows)
             g = gradient_of(rows, out, t, w)
         attributions = g.reshape([n + 2] + list(x.shape)).sum(0) * diff
-        ends = _select(out.detach().reshape([n + 2, -1] + list(out.shape[1:]))[n:].reshape([-1] + list(out.shape[1:])), t, copies=2)
+        per_example = list(out.shape[1:])
+        input_and_baseline = out.detach().reshape([n + 2, -1] + per_example)[n:].reshape([-1] + per_example)
+        ends = _select(input_and_baseline, t, copies=2)
         delta = attributions.reshape(x.shape[0], -1).sum(1) - (ends[0] - ends[1])
         return attributions, delta
 

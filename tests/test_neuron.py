@@ -15,13 +15,7 @@ captum_attr = pytest.importorskip("captum.attr")
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is fastest and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _close(a, b, tol=1e-5):
@@ -91,6 +85,16 @@ def _run(lib, case, name, sel):
 @pytest.mark.parametrize("case,name,sel", CASES, ids=[f"{c}-{n}-{s}" for c, n, s in CASES])
 def test_neuron_agrees_with_captum(case, name, sel):
     _close(_run(ea, case, name, sel), _run(captum_attr, case, name, sel))
+
+
+@pytest.mark.parametrize("cls_name", sorted({c for c, _ in NEURON_CASES.values()}))
+def test_neuron_method_properties_match_captum(cls_name):
+    model, _, _, layer, _, _ = table("mlp")
+    ours, theirs = getattr(ea, cls_name)(model, layer), getattr(captum_attr, cls_name)(model, layer)
+    assert ours.multiplies_by_inputs == theirs.multiplies_by_inputs
+    assert ours.has_convergence_delta() == theirs.has_convergence_delta()
+    if "multiply_by_inputs" in getattr(captum_attr, cls_name).__init__.__code__.co_varnames:
+        assert not getattr(ea, cls_name)(model, layer, multiply_by_inputs=False).multiplies_by_inputs
 
 
 def test_neuron_feature_ablation_text_model():

@@ -144,6 +144,14 @@ def test_matches_captum(method, case):
     _close(a, b, 1e-5)
 
 
+@pytest.mark.parametrize("method", list(DETERMINISTIC) + ["KernelShap", "Lime"])
+def test_method_properties_match_captum(method):
+    ours, theirs = {"KernelShap": (KernelShap, ca.KernelShap), "Lime": (Lime, ca.Lime)}.get(method) or DETERMINISTIC[method][:2]
+    model = _mlp()
+    assert ours(model).multiplies_by_inputs == theirs(model).multiplies_by_inputs
+    assert ours(model).has_convergence_delta() == theirs(model).has_convergence_delta()
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("method", list(DETERMINISTIC) + ["KernelShap", "Lime"])
 def test_chunked_equals_unchunked(method, case):

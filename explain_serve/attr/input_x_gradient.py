@@ -7,11 +7,9 @@ from ._base import GradientAttribution
 
 
 class InputXGradient(GradientAttribution):
+    _multiply_by_inputs = True
+
     def attribute(self, inputs, target=None, additional_forward_args=None):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
         grads = gradients(self.forward_func, leaf_inputs(inputs), target, format_args(additional_forward_args))
         return format_output(was_tuple, tuple(g * x for g, x in zip(grads, inputs)))
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True

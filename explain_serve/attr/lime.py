@@ -189,6 +189,8 @@ class LimeBase(PerturbationAttribution):
     ``interpretable_model.representation()`` after fitting.
     """
 
+    _multiply_by_inputs = False  # a surrogate's coefficients, not scaled by the input
+
     def __init__(
         self,
         forward_func: Callable,
@@ -210,10 +212,6 @@ class LimeBase(PerturbationAttribution):
             raise AssertionError("Must provide transform from interpretable space to original input space")
         if not perturb_interpretable_space and to_interp_rep_transform is None:
             raise AssertionError("Must provide transform from original input space to interpretable space")
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
 
     def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         """Fit the interpretable model on (G, S, F) samples; coefficients (G, F)."""

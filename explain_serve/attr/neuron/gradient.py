@@ -45,11 +45,8 @@ class NeuronGradient(NeuronMethod, GradientAttribution):
 class NeuronIntegratedGradients(NeuronMethod, GradientAttribution):
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
+        self._multiply_by_inputs = multiply_by_inputs
         self._ig = IntegratedGradients(self.neuron_output, multiply_by_inputs)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._ig.multiplies_by_inputs
 
     def attribute(
         self,
@@ -73,11 +70,8 @@ class NeuronIntegratedGradients(NeuronMethod, GradientAttribution):
 class NeuronGradientShap(NeuronMethod, GradientAttribution):
     def __init__(self, forward_func, layer, device_ids=None, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
+        self._multiply_by_inputs = multiply_by_inputs
         self._gs = GradientShap(self.neuron_output, multiply_by_inputs)
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._gs.multiplies_by_inputs
 
     def attribute(
         self,

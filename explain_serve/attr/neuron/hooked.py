@@ -16,11 +16,8 @@ class NeuronDeepLift(NeuronMethod, GradientAttribution):
     def __init__(self, model, layer, multiply_by_inputs: bool = True) -> None:
         super().__init__(model, layer)
         self.model = model
+        self._multiply_by_inputs = multiply_by_inputs
         self._method = self.adopt(self._primary(self.neuron_output, multiply_by_inputs))
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return self._method.multiplies_by_inputs
 
     def attribute(
         self,

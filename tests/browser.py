@@ -1,0 +1,55 @@
+"""Real headless Chromium for browser tests (Debian's `chromium`, driven by Playwright's Python API).
+
+`make test` installs the browser where it can (root + apt); elsewhere these fixtures skip and say why.
+Use: ``from tests.browser import browser, page`` in a conftest or test module (pytest fixtures).
+A ``page`` collects console errors and uncaught page errors in ``page.console_errors``; a test
+asserts it is empty after what the user would wait for.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium_path() -> str | None:
+    """The system Chromium (never a downloaded one): $CHROMIUM, else the first found on PATH."""
+    explicit = os.environ.get("CHROMIUM")
+    if explicit:
+        return explicit if os.path.exists(explicit) else None
+    for name in CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no system Chromium: install Debian's `chromium` (make test does so as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.console_errors = []
+    pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.console_errors.append(str(e)))
+    pg.set_default_timeout(20_000)
+    try:
+        yield pg
+    finally:
+        context.close()

@@ -141,6 +141,10 @@ def parser() -> argparse.ArgumentParser:
     from .export.cli import add_subcommand as add_export  # explain-serve export (explain_serve.export)
 
     add_export(sub)
+
+    from .audit.cli import add_subcommand as add_audit  # explain-serve audit (explain_serve.audit)
+
+    add_audit(sub)
     return p
 
 

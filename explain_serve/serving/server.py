@@ -83,6 +83,17 @@ def _model_entries(models: Sequence[str]) -> List[Dict[str, str]]:
     return out
 
 
+def _mar_version(path: Path) -> str:
+    """The version in an archive's manifest (two archives of one name serve as two versions)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return str(json.loads(z.read("MAR-INF/MANIFEST.json"))["model"].get("modelVersion", "1.0"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return "1.0"
+
+
 def write_config(workdir: Path, model_store: Path, models: Sequence[str], host: str, ports: Dict[str, int],
                  token: bool, batch_size: int, max_batch_delay: int, max_response_size: int,
                  max_request_size: int, per_model: Optional[Dict[str, Dict[str, Any]]] = None,
@@ -91,10 +102,11 @@ def write_config(workdir: Path, model_store: Path, models: Sequence[str], host: 
     entries = _model_entries(models)
     model_cfg = {}
     for e in entries:
-        settings = {"defaultVersion": True, "marName": e["mar"], "minWorkers": 1, "maxWorkers": 1,
+        versions = model_cfg.setdefault(e["name"], {})
+        settings = {"defaultVersion": not versions, "marName": e["mar"], "minWorkers": 1, "maxWorkers": 1,
                     "batchSize": batch_size, "maxBatchDelay": max_batch_delay, "responseTimeout": response_timeout}
         settings.update((per_model or {}).get(e["name"], {}))
-        model_cfg[e["name"]] = {"1.0": settings}
+        versions[_mar_version(Path(model_store) / e["mar"])] = settings
     lines = [
         f"inference_address=http://{host}:{ports['http']}",
         f"management_address=http://{host}:{ports['management']}",
@@ -245,15 +257,16 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
 def _wait_ready(info: Dict[str, Any], token: Optional[str], deadline: float) -> None:
     """Poll the management API until every model reports a READY worker (``/ping`` is too early)."""
     base = info["endpoints"]["management"]
-    pending = list(info["models"])
+    pending = list(dict.fromkeys(info["models"]))
+    versions = {name: info["models"].count(name) for name in pending}  # one name may serve several versions
     while pending:
         if not pid_alive(info["pid"]):
             raise RuntimeError(f"TorchServe exited while loading (see {info['logs']}/ts_log.log)")
         name = pending[0]
         try:
-            desc = _get(f"{base}/models/{name}", token)
-            workers = desc[0].get("workers", []) if desc else []
-            if any(w.get("status") == "READY" for w in workers):
+            desc = _get(f"{base}/models/{name}/all", token) or []
+            if len(desc) >= versions[name] and all(any(w.get("status") == "READY" for w in d.get("workers", []))
+                                                   for d in desc):
                 pending.pop(0)
                 continue
         except (urllib.error.URLError, OSError, ValueError):

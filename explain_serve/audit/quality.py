@@ -12,19 +12,19 @@
   decreasing attribution, in ``DELETION_STEPS`` equal steps, and average the target's probability over
   the steps (trapezoid rule on [0, 1]); a faithful explanation makes the score fall fast.
 
-Random draws are seeded per example (``seed + index``), so a number does not depend on batching.
+Random draws are seeded per example (``seed + index``), so a number does not depend on batching
+or on how a Ray run splits the data.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..metrics import infidelity, sensitivity_max
-from ..serving.methods import seeded
 
 INFIDELITY_SAMPLES = 16
 SENSITIVITY_SAMPLES = 4
@@ -35,69 +35,105 @@ HIGHER_IS_BETTER = {"abs_delta": False, "infidelity": False, "sensitivity": Fals
 QUALITY = tuple(HIGHER_IS_BETTER)
 
 
-def _scale(x: Tensor) -> float:
-    return float(x.abs().double().mean()) or 1.0
+def _scale(x: Tensor) -> Tensor:
+    """Per-example perturbation scale: mean |x| over the example's entries (1 where that is 0)."""
+    m = x.abs().double().reshape(x.shape[0], -1).mean(1)
+    return torch.where(m > 0, m, torch.ones_like(m)).reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def deletion_auc(probabilities: Callable[[Tensor], Tensor], x: Tensor, attr: Tensor, target: int, fill: float) -> float:
-    """Mean target probability while removing features in order of decreasing attribution."""
-    flat_x = x.reshape(-1)
-    order = torch.argsort(attr.reshape(-1).double(), descending=True, stable=True)
-    n = flat_x.numel()
-    rows = []
-    for step in range(DELETION_STEPS + 1):
-        row = flat_x.clone()
-        row[order[: round(step * n / DELETION_STEPS)]] = fill
-        rows.append(row.reshape(x.shape))
-    scores = probabilities(torch.stack(rows))[:, target].double().numpy()
-    return float(((scores[1:] + scores[:-1]) / 2).mean())
+def _per_example_noise(seeds: Sequence[int], like: Tensor, draw: str) -> Tensor:
+    """Noise for inputs whose examples are repeated consecutively, each example from its own seed."""
+    k = like.shape[0] // len(seeds)
+    parts = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed))
+        shape = (k, *like.shape[1:])
+        parts.append(torch.randn(shape, generator=gen, dtype=torch.float64) if draw == "normal"
+                     else torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1)
+    return torch.cat(parts).to(like.dtype)
 
 
-def _infidelity(forward: Callable, x: Tensor, attr: Tensor, target: int, seed: int) -> float:
-    sigma = 0.1 * _scale(x)
+def deletion_auc(probabilities: Callable[[Tensor], Tensor], x: Tensor, attr: Tensor, targets: Sequence[int],
+                 fill: float) -> List[float]:
+    """Per example: mean target probability while removing features in order of decreasing attribution.
+
+    ``x`` and ``attr`` are batches of one shape; all steps of all examples go in one forward.
+    """
+    n_ex = x.shape[0]
+    flat_x = x.reshape(n_ex, -1)
+    n = flat_x.shape[1]
+    order = torch.argsort(attr.reshape(n_ex, -1).double(), dim=1, descending=True, stable=True)
+    rows = flat_x.repeat_interleave(DELETION_STEPS + 1, dim=0)
+    for e in range(n_ex):
+        for step in range(1, DELETION_STEPS + 1):
+            rows[e * (DELETION_STEPS + 1) + step, order[e, : round(step * n / DELETION_STEPS)]] = fill
+    probs = probabilities(rows.reshape(-1, *x.shape[1:])).double()
+    scores = probs[torch.arange(rows.shape[0]), torch.tensor(targets).repeat_interleave(DELETION_STEPS + 1)]
+    scores = scores.reshape(n_ex, DELETION_STEPS + 1).numpy()
+    return ((scores[:, 1:] + scores[:, :-1]) / 2).mean(1).tolist()
+
+
+def _infidelity(forward: Callable, x: Tensor, attr: Tensor, targets: Sequence[int], seeds: Sequence[int]) -> List[float]:
+    sigma = 0.1 * _scale(x).repeat_interleave(INFIDELITY_SAMPLES, dim=0).to(x.dtype)
 
     def perturb(inputs: Tensor):
-        noise = torch.randn_like(inputs) * sigma
+        noise = _per_example_noise(seeds, inputs, "normal") * sigma
         return noise, inputs - noise
 
-    with seeded(seed):
-        value = infidelity(forward, perturb, x[None].float(), attr[None].to(x.dtype).float(), target=target,
-                           n_perturb_samples=INFIDELITY_SAMPLES, normalize=True)
-    return float(value[0])
+    value = infidelity(forward, perturb, x, attr.to(x.dtype), target=list(targets),
+                       n_perturb_samples=INFIDELITY_SAMPLES, normalize=True)
+    return value.double().tolist()
 
 
-def _sensitivity(explain: Callable[[Tensor], Tensor], x: Tensor, attr: Tensor, seed: int) -> float:
-    radius = 0.02 * _scale(x)
+def _sensitivity(explain: Callable[..., Tensor], x: Tensor, attr: Tensor, targets: Sequence[int],
+                 seeds: Sequence[int]) -> List[float]:
+    radius = 0.02 * _scale(x).repeat_interleave(SENSITIVITY_SAMPLES, dim=0).to(x.dtype)
 
     def perturb(inputs: Tensor) -> Tensor:
-        return inputs + (torch.rand_like(inputs) * 2 - 1) * radius
+        return inputs + _per_example_noise(seeds, inputs, "uniform") * radius
 
-    def explanation(inputs: Tensor) -> Tensor:
-        if inputs.shape[0] == 1 and torch.equal(inputs[0], x):
-            return attr[None].double()  # the explanation already computed
-        return explain(inputs)
+    def explanation(inputs: Tensor, target) -> Tensor:
+        if inputs.shape == x.shape and torch.equal(inputs, x):
+            return attr.double()  # the explanations already computed
+        return explain(inputs, target)
 
-    with seeded(seed):
-        value = sensitivity_max(explanation, x[None], perturb_func=perturb, n_perturb_samples=SENSITIVITY_SAMPLES)
-    return float(value[0])
+    value = sensitivity_max(explanation, x, perturb_func=perturb, n_perturb_samples=SENSITIVITY_SAMPLES,
+                            target=list(targets))
+    return value.double().tolist()
 
 
-def quality(source, kind: str, x: Optional[Tensor], attr: Tensor, target: int, delta: Any,
-            explain: Callable[[Tensor], Tensor], seed: int) -> Dict[str, Optional[float]]:
-    """Every quality metric of one explanation; ``None`` where it does not apply or cannot be computed."""
-    out: Dict[str, Optional[float]] = {name: None for name in QUALITY}
-    if delta is not None:
-        d = np.abs(np.asarray(delta, dtype=np.float64)).mean()
-        out["abs_delta"] = float(d) if math.isfinite(d) else None
-    if x is None:
-        return out
-    if kind == "text":
-        if source.pad_id is not None:
-            out["deletion_auc"] = deletion_auc(source.probabilities, x, attr, target, source.pad_id)
-        return out
-    x = x.float()
-    out["deletion_auc"] = deletion_auc(source.probabilities, x, attr, target, 0.0)
-    if source.forward is not None:
-        out["infidelity"] = _infidelity(source.forward, x, attr, target, seed)
-    out["sensitivity"] = _sensitivity(explain, x, attr, seed + 1)
+def quality(source, kind: str, xs: Sequence[Optional[Tensor]], attrs: Sequence[Tensor], targets: Sequence[int],
+            deltas: Sequence[Any], explain: Callable[..., Tensor], seeds: Sequence[int]) -> List[Dict[str, Optional[float]]]:
+    """Every quality metric of a batch of one version's explanations (``None`` where one does not apply).
+
+    Examples whose inputs share a shape are measured together (one forward or one served batch per
+    metric); each example's random draws come from its own seed, so results do not depend on batching.
+    """
+    out: List[Dict[str, Optional[float]]] = []
+    for delta in deltas:
+        q: Dict[str, Optional[float]] = {name: None for name in QUALITY}
+        if delta is not None:
+            d = float(np.abs(np.asarray(delta, dtype=np.float64)).mean())
+            q["abs_delta"] = d if math.isfinite(d) else None
+        out.append(q)
+    groups: Dict[Any, List[int]] = {}
+    for i, x in enumerate(xs):
+        if x is not None:
+            groups.setdefault(tuple(x.shape), []).append(i)
+    for members in groups.values():
+        if kind == "text" and source.pad_id is None:
+            continue
+        x = torch.stack([xs[i] for i in members])
+        attr = torch.stack([attrs[i].reshape(xs[i].shape) for i in members]).double()
+        t = [int(targets[i]) for i in members]
+        s = [int(seeds[i]) for i in members]
+        x = x if kind == "text" else x.float()
+        results = {"deletion_auc": deletion_auc(source.probabilities, x, attr, t, source.pad_id if kind == "text" else 0.0)}
+        if kind != "text":
+            if source.forward is not None:
+                results["infidelity"] = _infidelity(source.forward, x, attr.float(), t, s)
+            results["sensitivity"] = _sensitivity(explain, x, attr, t, [v + 1 for v in s])
+        for name, values in results.items():
+            for i, v in zip(members, values):
+                out[i][name] = float(v) if math.isfinite(v) else None
     return out

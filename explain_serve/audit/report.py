@@ -26,6 +26,8 @@ from .quality import QUALITY
 
 COLOR_A, COLOR_B = "#1f77b4", "#ff7f0e"
 N_BARS = 20
+TARGET_TEXT = {"a": "A's predicted class", "b": "B's predicted class", "each": "each version its own prediction",
+               "label": "the given labels"}
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:1.5em;margin-bottom:4px} h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -228,7 +230,7 @@ def _example_html(d: Dict[str, Any], kind: str) -> str:
         names = d["features"] or [str(i) for i in range(a.size)]
         order = np.argsort(-np.maximum(np.abs(a), np.abs(b)), kind="mergesort")[:12]
         body = _signed_bars_svg([names[i] for i in order], a[order].tolist(), b[order].tolist(),
-                                "attributions of this example (largest 12)")
+                                "attributions of this example (largest 12): A blue, B orange")
     return f'<div class="card" data-testid="disagreement">{head}{body}</div>'
 
 
@@ -247,7 +249,7 @@ def render_html(summary: Dict[str, Any]) -> str:
 <p><span class="verdict {"pass" if passed else "fail"}" data-testid="verdict">{"PASSED" if passed else "FAILED"}</span></p>
 {_gates_html(summary)}
 <p>{summary["n_examples"]} {html.escape(summary["kind"])} examples &middot; method <code>{html.escape(summary["method"])}</code>
-<code>{params}</code> &middot; target: {html.escape(summary["target"])} &middot; predictions agree on
+<code>{params}</code> &middot; target: {html.escape(TARGET_TEXT.get(summary["target"], summary["target"]))} &middot; predictions agree on
 <b data-testid="prediction-agreement">{100 * summary["prediction_agreement"]:.1f}%</b> of examples</p>
 <h2>Agreement of A's and B's explanations, per example</h2>{_agreement_html(summary)}
 <h2>Global importance</h2>{_global_html(summary)}

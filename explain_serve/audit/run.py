@@ -123,10 +123,13 @@ class Pair:
         following = second.explain(index, [_body(v, ans["target"], plan) for v, ans in zip(inputs, leading)])
         return (leading, following) if mode == "a" else (following, leading)
 
-    def _explainer(self, source, index: int, target: int):
-        def explain(xs: torch.Tensor) -> torch.Tensor:
-            bodies = [_body(row.tolist(), target, self.plan) for row in xs]
-            answers = source.explain([index] * len(bodies), bodies)
+    def _explainer(self, source, index: List[int]):
+        """``explain(x_batch, target)`` through the side's server path (examples repeated consecutively)."""
+        def explain(xs: torch.Tensor, target) -> torch.Tensor:
+            k = xs.shape[0] // len(index)
+            rows = [i for i in index for _ in range(k)]
+            bodies = [_body(row.tolist(), int(t), self.plan) for row, t in zip(xs, target)]
+            answers = source.explain(rows, bodies)
             return torch.from_numpy(np.array([np.ravel(a["attributions"]) for a in answers], dtype=np.float64))
         return explain
 
@@ -135,31 +138,35 @@ class Pair:
         inputs = [v for _, v in batch]
         answers_a, answers_b = self._explain_both(index, inputs)
         kind = self.a.kind
+        attrs: Dict[str, List[np.ndarray]] = {"a": [], "b": []}
+        for i, ans_a, ans_b in zip(index, answers_a, answers_b):
+            attrs["a"].append(np.asarray(ans_a["attributions"], dtype=np.float64))
+            attrs["b"].append(np.asarray(ans_b["attributions"], dtype=np.float64))
+            if attrs["a"][-1].shape != attrs["b"][-1].shape:
+                raise AuditError(f"example {i}: A explains an input of shape {list(attrs['a'][-1].shape)} and B one of "
+                                 f"shape {list(attrs['b'][-1].shape)}; both versions must take the same inputs")
+        sides = {"a": (self.a, answers_a), "b": (self.b, answers_b)}
+        xs_a: List[Optional[torch.Tensor]] = []
+        qualities = {}
+        for side, (source, answers) in sides.items():
+            xs = [source.resolve(i, v, ans) for i, v, ans in zip(index, inputs, answers)]
+            xs_a = xs if side == "a" else xs_a
+            qualities[side] = quality(source, kind, xs, [torch.from_numpy(a) for a in attrs[side]],
+                                      [int(ans["target"]) for ans in answers],
+                                      [ans.get("convergence_delta") for ans in answers],
+                                      self._explainer(source, index), [self.plan.seed + i for i in index])
         records = []
-        for i, v, ans_a, ans_b in zip(index, inputs, answers_a, answers_b):
-            attr_a = np.asarray(ans_a["attributions"], dtype=np.float64)
-            attr_b = np.asarray(ans_b["attributions"], dtype=np.float64)
-            if attr_a.shape != attr_b.shape:
-                raise AuditError(f"example {i}: A explains an input of shape {list(attr_a.shape)} and B one of shape "
-                                 f"{list(attr_b.shape)}; both versions must take the same inputs")
-            record: Dict[str, Any] = {
+        for n, (i, ans_a, ans_b) in enumerate(zip(index, answers_a, answers_b)):
+            attr_a, attr_b = attrs["a"][n], attrs["b"][n]
+            x = xs_a[n]
+            records.append({
                 "index": i, "pred_a": ans_a["prediction"]["index"], "pred_b": ans_b["prediction"]["index"],
                 "target_a": ans_a["target"], "target_b": ans_b["target"], "kind": kind,
-                "attr_a": attr_a, "attr_b": attr_b, **agreement(attr_a, attr_b, self.plan.top_k)}
-            for side, source, ans, attr in (("a", self.a, ans_a, attr_a), ("b", self.b, ans_b, attr_b)):
-                x = source.resolve(i, v, ans)
-                q = quality(source, kind, x, torch.from_numpy(attr), int(ans["target"]), ans.get("convergence_delta"),
-                            self._explainer(source, i, int(ans["target"])), self.plan.seed + i)
-                record[f"quality_{side}"] = q
-                if side == "a":
-                    record["input"] = x.double().numpy() if x is not None and kind != "text" else None
-            if kind == "tabular":
-                record["keys"] = list(ans_a["features"])
-            elif kind == "text":
-                record["keys"] = [t["token"] for t in ans_a["tokens"]]
-            else:
-                record["keys"] = None
-            records.append(record)
+                "attr_a": attr_a, "attr_b": attr_b, **agreement(attr_a, attr_b, self.plan.top_k),
+                "quality_a": qualities["a"][n], "quality_b": qualities["b"][n],
+                "input": x.double().numpy() if x is not None and kind != "text" else None,
+                "keys": (list(ans_a["features"]) if kind == "tabular" else
+                         [t["token"] for t in ans_a["tokens"]] if kind == "text" else None)})
         return records
 
 
@@ -348,7 +355,13 @@ def run_audit(a: str, b: str, data: str, out: str, labels: Optional[str] = None,
         raise AuditError("--params must be a JSON object of the method's parameters")
     n, rows = open_data(data, limit)
     plan = Plan(a, b, target, method, params, top_k, seed, token_from_file(token_file), read_labels(labels, n))
-    pair = Pair(plan)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a TorchServe worker runs (and no oversubscription on small machines)
+    try:
+        pair = Pair(plan)
+    except BaseException:
+        torch.set_num_threads(threads)
+        raise
     out_dir = Path(out)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +397,7 @@ def run_audit(a: str, b: str, data: str, out: str, labels: Optional[str] = None,
             os.replace(stage / name, out_dir / name)
         return summary
     finally:
+        torch.set_num_threads(threads)
         pair.close()
         shutil.rmtree(stage, ignore_errors=True)
         if created and not any(out_dir.iterdir()):

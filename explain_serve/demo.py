@@ -2,7 +2,8 @@
 
 1. in-process: train the digits CNN, explain one prediction with IntegratedGradients, write a PNG;
 2. served: build the example archives, start TorchServe (loopback, token on), send one prediction
-   and one explanation per model with curl, write the served heat map PNG, print a summary, stop.
+   and one explanation per model with curl, write the served heat map PNG, print a summary, stop;
+3. audit: the digits CNN retrained with another seed, audited against the first (verdict, report).
 
 ``python -m explain_serve.demo [--out DIR] [--model-store DIR] [--in-process-only]``
 """
@@ -164,6 +165,10 @@ def main(argv=None) -> int:
         summary["served"] = served(out, Path(args.model_store).resolve())
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     print(_short(summary, out / "demo.json"))
+    from explain_serve.audit.demo import audit_demo  # last: two digits versions audited, verdict and report
+
+    summary["audit"] = audit_demo(out, Path(args.model_store).resolve())
+    (out / "demo.json").write_text(json.dumps(summary, indent=2))
     ok = args.in_process_only or all(m["prediction_status"] == 200 and m["explanation_status"] == 200
                                      for m in summary["served"]["models"].values())
     return 0 if ok else 1

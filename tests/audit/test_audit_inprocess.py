@@ -135,3 +135,40 @@ def test_bad_arguments_exit_2_with_a_message(lin, tmp_path, capsys, name, args, 
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "summary.json").exists()
     assert not list((tmp_path / "out").glob(".audit-*")) if (tmp_path / "out").exists() else True
+
+
+def test_interrupt_leaves_nothing_half_written(lin, tmp_path, monkeypatch, capsys):
+    from explain_serve.audit import run as audit_run
+
+    real = audit_run.Pair.compute
+    calls = []
+
+    def compute_then_interrupt(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second batch
+        return real(self, batch)
+
+    monkeypatch.setattr(audit_run.Pair, "compute", compute_then_interrupt)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "summary.json").write_text("{\"previous\": true}")  # a finished earlier audit stays whole
+    rc = _audit(lin["a"], lin["a"], lin["npy"], tmp_path / "out", "--batch-size", "8")
+    assert rc == 130 and "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.json"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == {"previous": True}
+    assert torch.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("target", ["label", "b", "each"])
+def test_targets(lin, tmp_path, target):
+    labels = np.arange(40) % 3
+    np.savetxt(tmp_path / "labels.txt", labels, fmt="%d")
+    assert _audit(lin["a"], lin["swapped"], lin["npy"], tmp_path / "out", "--target", target,
+                  "--labels", str(tmp_path / "labels.txt"), "--limit", "9") == 0
+    summary, rows = _read(tmp_path / "out")
+    assert summary["target"] == target and len(rows) == 9
+    for row in rows:
+        expected = {"label": str(labels[int(row["index"])]), "b": row["pred_b"]}.get(target)
+        if target == "each":
+            expected = row["pred_a"] if row["pred_a"] == row["pred_b"] else f"{row['pred_a']}|{row['pred_b']}"
+        assert row["target"] == expected

@@ -14,14 +14,14 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
 
 from ..serving.encode import heatmap_png
 from ..visualization import format_word_importances
-from .agreement import HIGHER_IS_BETTER, PER_EXAMPLE
+from .agreement import PER_EXAMPLE
 from .quality import QUALITY
 
 COLOR_A, COLOR_B = "#1f77b4", "#ff7f0e"
@@ -99,8 +99,7 @@ def _paired_bars_svg(names: Sequence[str], a: Sequence[float], b: Sequence[float
                     f'<title>{html.escape(name)}</title></text>')
         for j, (v, color) in enumerate(((va, COLOR_A), (vb, COLOR_B))):
             w = bar_w * abs(v) / top
-            x = label_w if v >= 0 else label_w
-            rows.append(f'<rect x="{x}" y="{y + 2 + 9 * j}" width="{w:.1f}" height="8" fill="{color}">'
+            rows.append(f'<rect x="{label_w}" y="{y + 2 + 9 * j}" width="{w:.1f}" height="8" fill="{color}">'
                         f'<title>{"AB"[j]}: {v:.4g}</title></rect>')
     height = 28 + len(names) * row_h
     return (f'<svg width="{label_w + bar_w + 20}" height="{height}" role="img" aria-label="{html.escape(title)}">'

@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 

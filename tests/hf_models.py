@@ -18,7 +18,7 @@ def word_tokenizer(words=WORDS, classifier: bool = True):
     vocab = {w: i for i, w in enumerate(specials + list(words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     if classifier:
         tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",

@@ -32,7 +32,7 @@ from . import encode
 from .config import CONFIG_NAME, DEFAULT_MAX_RESPONSE, ConfigError, load_file, max_response_bytes
 from .errors import ServeError, bad, too_large
 from .methods import MethodSpec, Param, seeded, validate_params
-from .requests import is_true, read_body
+from .requests import read_body
 from .service import MAX_RESPONSE_ENV, TorchServeEntry
 
 logger = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ class CausalLMService(TorchServeEntry):
             raise bad(f"{req.method} needs {evals} forward passes for this prompt, over this model's limit "
                       f"{self.limits['max_evaluations']}; use a shorter prompt, features 'words' or fewer samples", "params")
         self._check_size(req)
+        if req.method in self.unavailable:
+            raise self.unavailable[req.method]
         return req
 
     def _method(self, name: Any) -> str:
@@ -256,8 +258,6 @@ class CausalLMService(TorchServeEntry):
             raise bad(f"unknown method {name!r} for a {KIND} model; this model allows: {', '.join(allowed)}", "method")
         if name not in allowed:
             raise ServeError(f"method {name!r} is not allowed for this model; allowed: {', '.join(allowed)}", 403, "method")
-        if name in self.unavailable:
-            raise self.unavailable[name]
         return name
 
     def response_estimate(self, req: Request) -> int:

@@ -49,9 +49,15 @@ def lm_service(store, tmp_path_factory):
     svc.close()
 
 
+def _hooks(model: torch.nn.Module) -> list:
+    """Every hook on the model's modules, by module and kind."""
+    return [(name, kind, key) for name, m in model.named_modules()
+            for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+            for key in getattr(m, kind)]
+
+
 def _no_hooks(model: torch.nn.Module) -> bool:
-    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                   for m in model.modules())
+    return not _hooks(model)
 
 
 def _call(svc, body, explain=True):
@@ -100,6 +106,7 @@ def test_text_explanation_equals_the_core_on_the_input_embeddings(text_service):
     tok = text_service.tokenizer.tok
     text = "the plot was awful but the acting was fun"
     ids = torch.tensor([tok(text)["input_ids"]])
+    at_load = _hooks(model)  # the service's reusable hooks (inert between requests)
     status, body = _call(text_service, {"inputs": text, "target": 0, "params": {"n_steps": 16}})
     assert status == 200
     baseline = torch.where((ids == 2) | (ids == 3), ids, torch.full_like(ids, -1))  # [CLS]/[SEP] kept, rest pad
@@ -110,7 +117,7 @@ def test_text_explanation_equals_the_core_on_the_input_embeddings(text_service):
     with torch.no_grad():  # completeness: the scores sum to f(x) - f(baseline)
         gap = model(ids)[0, 0] - model(baseline)[0, 0]
     assert abs(sum(body["attributions"]) - float(gap)) <= abs(float(delta[0])) + 1e-4
-    assert _no_hooks(model.hf)
+    assert _hooks(model) == at_load
 
 
 def test_text_padded_batch_equals_one_by_one(text_service):

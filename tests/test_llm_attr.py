@@ -270,15 +270,23 @@ def test_lime_runs_and_is_seeded(lm):
 
 
 def test_generated_target_and_gen_args(lm):
+    """No target: the model's greedy continuation (gen_args) is explained, same as giving its ids."""
     kind, model, tok = lm
     inp = token_input(es, kind, tok)
     la = es.LLMAttribution(es.FeatureAblation(model), tok)
     res = la.attribute(inp, gen_args={"max_new_tokens": 4, "do_sample": False})
-    ref = captum_attr.LLMAttribution(captum_attr.FeatureAblation(model), tok).attribute(
-        token_input(captum_attr, kind, tok), gen_args={"max_new_tokens": 4, "do_sample": False},
-        use_cached_outputs=False)
-    assert res.output_tokens == ref.output_tokens and len(res.output_tokens) == 4
-    torch.testing.assert_close(res.token_attr, ref.token_attr, atol=1e-5, rtol=0)
+    ids = inp.inp_tensor
+    greedy = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                            pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+    given = la.attribute(inp, target=greedy)
+    assert len(res.output_tokens) == 4 and res.output_tokens == given.output_tokens
+    torch.testing.assert_close(res.token_attr, given.token_attr, atol=1e-6, rtol=0)
+    if kind == "llama":  # Captum's readable-token helper fails on the random GPT-2's partial UTF-8 bytes
+        ref = captum_attr.LLMAttribution(captum_attr.FeatureAblation(model), tok).attribute(
+            token_input(captum_attr, kind, tok), gen_args={"max_new_tokens": 4, "do_sample": False},
+            use_cached_outputs=False)
+        assert res.output_tokens == ref.output_tokens
+        torch.testing.assert_close(res.token_attr, ref.token_attr, atol=1e-5, rtol=0)
 
 
 def test_prob_target_and_num_trials(lm):

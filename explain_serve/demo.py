@@ -128,10 +128,12 @@ def _generated_answer(base: str, token: str) -> dict:
     """Explain tiny_lm's greedy answer to its sample prompt; the token table goes to the summary."""
     from explain_serve.llm_example import SAMPLE_PROMPT
 
+    p = _curl(f"{base}/predictions/tiny_lm", token, json.dumps({"inputs": SAMPLE_PROMPT, "params": {"max_new_tokens": 2}}).encode())
     body = {"inputs": SAMPLE_PROMPT, "method": "feature_ablation", "params": {"max_new_tokens": 2}}
     e = _curl(f"{base}/explanations/tiny_lm", token, json.dumps(body).encode())
     ans = e["answer"]
-    entry = {"prediction_status": e["status"], "explanation_status": e["status"], "predicted": ans.get("generated_text"),
+    entry = {"prediction_status": p["status"], "explanation_status": e["status"],
+             "predicted": p["answer"].get("generated_text"),
              "method": ans.get("method"), "target": ans.get("generated_text"), "convergence_delta": None,
              "server_elapsed_ms": ans.get("elapsed_ms"), "curl_ms": e["curl_ms"],
              "curl": f"curl -X POST {base}/explanations/tiny_lm -H 'Authorization: Bearer ...' "

@@ -67,7 +67,9 @@ def _explain(args) -> int:
         inputs = json.loads(args.inputs)
     except ValueError:
         inputs = args.inputs  # a plain string (text models) or base64 image
-    body = {"inputs": inputs, "target": int(args.target) if args.target.lstrip("-").isdigit() else args.target}
+    body = {"inputs": inputs}
+    if args.target is not None:  # absent: the server's default (predicted class; causal LMs: own continuation)
+        body["target"] = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     if args.method:
         body["method"] = args.method
     if args.params:
@@ -136,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="send one request to the running server and print the JSON answer")
     e.add_argument("model")
     e.add_argument("--inputs", required=True, help="JSON (nested list, object) or a plain string")
-    e.add_argument("--target", default="predicted")
+    e.add_argument("--target", help="class index or 'predicted' (default); causal_lm: the continuation to explain")
     e.add_argument("--method")
     e.add_argument("--params", help="JSON object of the method's parameters")
     e.add_argument("--heatmap", action="store_true")

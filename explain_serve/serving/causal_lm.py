@@ -175,6 +175,9 @@ class CausalLMService(TorchServeEntry):
             except ServeError as exc:
                 logger.warning("model %s: %s", model_name, exc.message)
                 self.unavailable[name] = exc
+        (status, text), = self.handle([{"body": {"inputs": "a", "params": {"max_new_tokens": 1}}}], [False])
+        if status != 200:  # one generation at load, so the first request does not pay one-off costs
+            logger.warning("model %s: warm-up generation answered %d: %s", model_name, status, text)
         logger.info("model %s (%s) loaded: methods %s, response limit %d bytes", model_name, KIND,
                     ", ".join(self.methods), self.response_limit)
 
@@ -264,8 +267,9 @@ class CausalLMService(TorchServeEntry):
         """An upper bound of the explanation's size in bytes: the token matrix dominates."""
         n_out = len(req.target_ids) if req.target_ids is not None else int(req.params["max_new_tokens"])
         n_in = len(req.units)
-        chars = sum(len(u) * 6 + 3 for u in req.units) + n_out * 64  # JSON-escaped strings at worst
-        return encode.OVERHEAD + encode.BYTES_PER_VALUE * (n_in * (n_out + 1)) + chars + 6 * len(req.prompt) + 6 * n_out * 16
+        # strings JSON-escaped at worst (6 bytes a character): units, output tokens, the echoed or generated text
+        chars = sum(len(u) * 6 + 3 for u in req.units) + 2 * n_out * 6 * 16 + 6 * len(req.target or "")
+        return encode.OVERHEAD + encode.BYTES_PER_VALUE * (n_in * (n_out + 1)) + chars
 
     def _check_size(self, req: Request) -> None:
         est = self.response_estimate(req)

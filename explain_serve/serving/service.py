@@ -284,6 +284,7 @@ class ExplainService(TorchServeEntry):
         feature_chars = sum(len(n) + 4 for n in self.cfg["input"]["features"]) if self.kind == "tabular" else 0
         n_tokens = it.x.numel() if self.kind == "text" else 0
         token_chars = sum(len(t) for t in it.tokens) if it.tokens else 0
+        token_chars += 16 * sum(it.special or [])  # ,"special":true
         return encode.estimate_bytes(it.x.numel(), self.n_classes, hw, n_tokens=n_tokens,
                                      feature_chars=feature_chars + token_chars)
 

@@ -38,7 +38,7 @@ def gpt2():
 
     tok = bpe_tokenizer()
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=128, n_layer=4, n_head=4)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, n_embd=128, n_layer=4, n_head=4)
     return GPT2LMHeadModel(cfg).eval(), tok, None
 
 
@@ -48,7 +48,8 @@ def llama():
     tok = word_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     return LlamaForCausalLM(cfg).eval(), tok, [tok.bos_token]
 
 
@@ -56,7 +57,7 @@ CASES = {
     # name -> (constructor(lib, model), attribute kwargs, gradient?)
     "FeatureAblation": (lambda lib, m: lib.FeatureAblation(m), {}, False),
     "ShapleyValueSampling(n=3)": (lambda lib, m: lib.ShapleyValueSampling(m), {"n_samples": 3}, False),
-    "KernelShap(n=100)": (lambda lib, m: lib.KernelShap(m), {"n_samples": 100}, False),
+    "KernelShap(n=50)": (lambda lib, m: lib.KernelShap(m), {"n_samples": 50}, False),
     "LayerIntegratedGradients(n=20)": (
         lambda lib, m: lib.LayerIntegratedGradients(m, m.get_input_embeddings()), {"n_steps": 20}, True),
 }
@@ -77,7 +78,9 @@ def run(name, build, repeats):
           f"prompt {len(ea.TextTokenInput(PROMPT, tok, skip_tokens=skip).values)} tokens, "
           f"target {len(tok.encode(TARGET, add_special_tokens=False))} tokens")
     print(f"{'method':32s} {'captum (correct)':>17s} {'captum (cached)':>16s} {'explain-serve':>14s} "
-          f"{'speed-up':>9s} {'max |diff|':>11s}")
+          f"{'speed-up':>9s} {'|ours-correct|':>15s} {'|cached-correct|':>17s}")
+    print(f"Captum's cached vs uncached log-probs of the target tokens (unperturbed prompt): "
+          f"max |diff| = {captum_cache_error(model, tok, skip):.3f} nats")
     for method, (make, kwargs, gradient) in CASES.items():
         def call(lib, **extra):
             wrapper = lib.LLMGradientAttribution if gradient else lib.LLMAttribution
@@ -87,16 +90,33 @@ def run(name, build, repeats):
 
         if gradient:
             t_correct, ref = timed(lambda: call(ca), repeats)
-            t_cached = float("nan")
+            t_cached, cached = float("nan"), None
         else:
             t_correct, ref = timed(lambda: call(ca, use_cached_outputs=False), repeats)
-            t_cached, _ = timed(lambda: call(ca, use_cached_outputs=True), repeats)
+            t_cached, cached = timed(lambda: call(ca, use_cached_outputs=True), repeats)
         t_ours, ours = timed(lambda: call(ea), repeats)
-        diff = (ours.token_attr - ref.token_attr).abs().max().item() if ref.token_attr is not None else (
-            ours.seq_attr - ref.seq_attr).abs().max().item()
-        note = "" if method.startswith(("FeatureAblation", "LayerIntegrated")) else " (seeded; samplers differ)"
+        diff = max_diff(ours, ref)
+        cached_diff = max_diff(cached, ref) if cached is not None else float("nan")
+        note = " (seeded; sampler differs from Captum's)" if method.startswith(("KernelShap", "Lime")) else ""
         print(f"{method:32s} {t_correct * 1e3:15.1f}ms {t_cached * 1e3:14.1f}ms {t_ours * 1e3:12.1f}ms "
-              f"{t_correct / t_ours:8.1f}x {diff:11.2e}{note}")
+              f"{t_correct / t_ours:8.1f}x {diff:15.2e} {cached_diff:17.2e}{note}")
+
+
+def captum_cache_error(model, tok, skip) -> float:
+    """How far Captum's use_cached_outputs=True log-probs are from its own use_cached_outputs=False."""
+    wrapper = ca.LLMAttribution(ca.FeatureAblation(model), tok)
+    inp = ca.TextTokenInput(PROMPT, tok, skip_tokens=skip)
+    target = torch.tensor(tok.encode(TARGET, add_special_tokens=False))
+    with torch.no_grad():
+        cached = wrapper._forward_func(inp.to_tensor(), inp, target, use_cached_outputs=True)
+        uncached = wrapper._forward_func(inp.to_tensor(), inp, target, use_cached_outputs=False)
+    return (cached - uncached)[0, 1:].abs().max().item()
+
+
+def max_diff(a, b) -> float:
+    if a.token_attr is not None and b.token_attr is not None:
+        return (a.token_attr - b.token_attr).abs().max().item()
+    return (a.seq_attr - b.seq_attr).abs().max().item()
 
 
 def main(argv=None) -> int:

@@ -100,7 +100,7 @@ def in_process_ms(store: Path, name: str, xs: List, n: int) -> Dict[str, float]:
     else:
         vocab = json.loads((store / "build" / "sentiment" / "vocab.json").read_text())
         index = {w: i for i, w in enumerate(vocab)}
-        from explain_serve.examples import tokenize
+        from explain_serve.serving.tokenization import tokenize
 
         tensors = [torch.tensor([[index.get(w, 1) for w in tokenize(t)]]) for t in xs]
         lig = attr.LayerIntegratedGradients(model, model.embedding)

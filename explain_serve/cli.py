@@ -12,9 +12,15 @@ DEFAULT_WORKDIR = "out/torchserve"  # out/ is gitignored
 
 
 def _build_examples(args) -> int:
-    from .examples import EXAMPLES, build_examples
+    from .examples import LLM_EXAMPLES, available_examples, build_examples
 
-    out = build_examples(Path(args.model_store), args.names or EXAMPLES, runtime=args.runtime)
+    names = args.names or [n for n in available_examples() if args.runtime == "torch" or n not in LLM_EXAMPLES]
+    unknown = sorted(set(names) - set(available_examples()))
+    if unknown:
+        print(f"unknown or unavailable example(s) {', '.join(unknown)}; choose from {', '.join(available_examples())} "
+              "(tiny_lm needs the [llm] extra)", file=sys.stderr)
+        return 2
+    out = build_examples(Path(args.model_store), names, runtime=args.runtime)
     print(json.dumps({name: str(path) for name, path in out.items()}))
     return 0
 
@@ -61,7 +67,9 @@ def _explain(args) -> int:
         inputs = json.loads(args.inputs)
     except ValueError:
         inputs = args.inputs  # a plain string (text models) or base64 image
-    body = {"inputs": inputs, "target": int(args.target) if args.target.lstrip("-").isdigit() else args.target}
+    body = {"inputs": inputs}
+    if args.target is not None:  # absent: the server's default (predicted class; causal LMs: own continuation)
+        body["target"] = int(args.target) if args.target.lstrip("-").isdigit() else args.target
     if args.method:
         body["method"] = args.method
     if args.params:
@@ -84,15 +92,16 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build-examples", help="train and archive the bundled example models")
     b.add_argument("--model-store", default=DEFAULT_STORE)
-    b.add_argument("names", nargs="*", help="subset of: digits cancer sentiment")
+    b.add_argument("names", nargs="*", help="subset of: digits cancer sentiment tiny_lm (default: all)")
     b.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="onnx: also pack model.onnx and compiled explainers (predictions and explanations on ONNX Runtime)")
     b.set_defaults(func=_build_examples)
 
     a = sub.add_parser("archive", help="pack a model and its explain config into NAME.mar")
     a.add_argument("name")
-    a.add_argument("--model", required=True, help="TorchScript file, or an eager model .py file with --weights")
-    a.add_argument("--kind", required=True, choices=("image", "tabular", "text"))
+    a.add_argument("--model", required=True, help="TorchScript file, an eager model .py file with --weights, or a "
+                   "Hugging Face save_pretrained directory (--kind text or causal_lm; needs the [llm] extra)")
+    a.add_argument("--kind", required=True, choices=("image", "tabular", "text", "causal_lm"))
     a.add_argument("--config", help="explain config YAML/JSON (see explain_serve.serving.config)")
     a.add_argument("--reference-data", help="reference inputs (.npy, shape (n, *input)) for mean/k-means baselines")
     a.add_argument("--weights", help="state dict for an eager model file")
@@ -129,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="send one request to the running server and print the JSON answer")
     e.add_argument("model")
     e.add_argument("--inputs", required=True, help="JSON (nested list, object) or a plain string")
-    e.add_argument("--target", default="predicted")
+    e.add_argument("--target", help="class index or 'predicted' (default); causal_lm: the continuation to explain")
     e.add_argument("--method")
     e.add_argument("--params", help="JSON object of the method's parameters")
     e.add_argument("--heatmap", action="store_true")

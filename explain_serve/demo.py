@@ -66,20 +66,21 @@ def _curl(url: str, token: str, body: bytes, content_type: str = "application/js
 
 def served(out_dir: Path, model_store: Path) -> dict:
     """Build the example archives, serve them, one prediction + one explanation each with curl."""
-    from explain_serve.examples import build_examples
+    from explain_serve.examples import LLM_EXAMPLES, available_examples, build_examples
     from explain_serve.serving import server
     from explain_serve.serving.server import read_token
 
     if shutil.which("curl") is None:
         raise RuntimeError("the served demo uses curl; install it")
     t0 = time.perf_counter()
-    build_examples(model_store)
+    names = list(available_examples())
+    build_examples(model_store, names)
     build_s = time.perf_counter() - t0
     workdir = out_dir / "demo-server"
     server.stop(workdir)  # a server left over from an interrupted demo
     t0 = time.perf_counter()
-    info = server.start(model_store, ["digits", "cancer", "sentiment"], workdir, batch_size=server.DEFAULT_BATCH_SIZE,
-                          max_batch_delay=server.DEFAULT_MAX_BATCH_DELAY)
+    info = server.start(model_store, names, workdir, batch_size=server.DEFAULT_BATCH_SIZE,
+                        max_batch_delay=server.DEFAULT_MAX_BATCH_DELAY)
     start_s = time.perf_counter() - t0
     summary = {"build_examples_s": round(build_s, 1), "serve_start_s": round(start_s, 1),
                "endpoints": info["endpoints"], "token_file": info["token_file"], "models": {}}
@@ -116,10 +117,44 @@ def served(out_dir: Path, model_store: Path) -> dict:
             if e["status"] != 200:
                 entry["error"] = ans
             summary["models"][name] = entry
+        if "tiny_lm" in names:  # one curl explaining a generated answer
+            summary["models"]["tiny_lm"] = _generated_answer(base, token)
     finally:
         server.stop(workdir)
         summary["stopped"] = True
     return summary
+
+
+def _generated_answer(base: str, token: str) -> dict:
+    """Explain tiny_lm's greedy answer to its sample prompt; the token table goes to the summary."""
+    from explain_serve.llm_example import SAMPLE_PROMPT
+
+    p = _curl(f"{base}/predictions/tiny_lm", token, json.dumps({"inputs": SAMPLE_PROMPT, "params": {"max_new_tokens": 2}}).encode())
+    body = {"inputs": SAMPLE_PROMPT, "method": "feature_ablation", "params": {"max_new_tokens": 2}}
+    e = _curl(f"{base}/explanations/tiny_lm", token, json.dumps(body).encode())
+    ans = e["answer"]
+    entry = {"prediction_status": p["status"], "explanation_status": e["status"],
+             "predicted": p["answer"].get("generated_text"),
+             "method": ans.get("method"), "target": ans.get("generated_text"), "convergence_delta": None,
+             "server_elapsed_ms": ans.get("elapsed_ms"), "curl_ms": e["curl_ms"],
+             "curl": f"curl -X POST {base}/explanations/tiny_lm -H 'Authorization: Bearer ...' "
+                     f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"}
+    if e["status"] == 200:
+        entry["table"] = token_table(ans)
+    else:
+        entry["error"] = ans
+    return entry
+
+
+def token_table(answer: dict) -> str:
+    """An explanation of a generated answer as text: one row per output token, one column per input token."""
+    cols = [str(t) for t in answer["input_tokens"]]
+    width = max(8, *(len(c) for c in cols)) + 1
+    rows = [" " * 10 + "".join(c.rjust(width) for c in cols)]
+    for out_tok, row in zip(answer["output_tokens"], answer["token_attr"] or []):
+        rows.append(str(out_tok)[:10].ljust(10) + "".join(f"{v:+{width}.3f}" for v in row))
+    rows.append("(sum)".ljust(10) + "".join(f"{v:+{width}.3f}" for v in answer["seq_attr"]))
+    return "\n".join(rows)
 
 
 def _text_method() -> str:
@@ -145,6 +180,8 @@ def _short(summary: dict, full: Path) -> str:
                      f"token on ({sv['token_file']})")
         for name, m in sv["models"].items():
             extra = m.get("heatmap") or m.get("tokens") or m.get("top_features") or m.get("error")
+            if m.get("table"):
+                extra = f"{m['curl']}\n{m['table']}"
             lines.append(f"  {name:9s} predict {m['prediction_status']} -> {m['predicted']}; explain {m['explanation_status']} "
                          f"{m['method']} target {m['target']} in {m['server_elapsed_ms']} ms (curl {m['curl_ms']} ms): {extra}")
         lines.append("server stopped" if sv.get("stopped") else "server NOT stopped")

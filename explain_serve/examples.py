@@ -6,6 +6,7 @@
   the model (buffers), so it takes the raw feature values.
 - ``sentiment`` (text): a mean-of-embeddings classifier on a small generated corpus; token ids in,
   padding id 0 ignored, so token attributions come from ``LayerIntegratedGradients`` on ``embedding``.
+- ``tiny_lm`` (causal_lm): a small GPT-2 trained on a corpus of facts (``explain_serve.llm_example``).
 
 ``build_example(name, out_dir)`` trains one and writes what ``explain-serve archive`` packs:
 weights, explain config, reference data (and the vocabulary for text).
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -22,7 +22,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .serving.tokenization import tokenize
+
 EXAMPLES = ("digits", "cancer", "sentiment")
+LLM_EXAMPLES = ("tiny_lm",)  # Hugging Face causal LM (explain_serve.llm_example); needs the [llm] extra
+
+
+def available_examples() -> Tuple[str, ...]:
+    """Every example this installation can build (the LLM ones need transformers)."""
+    import importlib.util
+
+    return EXAMPLES + (LLM_EXAMPLES if importlib.util.find_spec("transformers") else ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,11 +93,6 @@ _SUBJECTS = ["the movie", "this film", "the plot", "the acting", "the ending", "
 _LINKS = ["was", "is", "felt", "seemed", "looked"]
 _FILLERS = ["really", "quite", "very", "so", "rather", "truly", "a bit", "and", "overall", "honestly"]
 PAD, UNK = "<pad>", "<unk>"
-
-
-def tokenize(text: str) -> List[str]:
-    """Lower-case words (letters, digits and apostrophes); the text models' tokenizer."""
-    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 def sentiment_corpus(n: int = 1200, seed: int = 0) -> Tuple[List[str], List[int]]:
@@ -293,6 +298,12 @@ def build_examples(model_store: Path, names: Sequence[str] = EXAMPLES, seed: int
     out = {}
     for name in names:
         build_dir = model_store / "build" / name
+        if name in LLM_EXAMPLES:
+            from . import llm_example
+
+            files = llm_example.build(build_dir, seed=seed)["files"]
+            out[name] = archive(name, files["model"], "causal_lm", model_store, config=files["config"])
+            continue
         trained = build_example(name, build_dir, seed=seed)
         files = trained["files"]
         out[name] = archive(name, files["weights"], trained["config"]["kind"], model_store, config=files["config"],

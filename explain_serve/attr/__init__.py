@@ -61,6 +61,18 @@ _EXPORTS = {
     "interpretable_embedding": "embeddings",
     "InterpretableEmbeddingBase": "embeddings",
     "TokenReferenceBase": "embeddings",
+    # interpretable inputs and LLM attribution
+    "InterpretableInput": "interpretable_input",
+    "TextTemplateInput": "interpretable_input",
+    "TextTokenInput": "interpretable_input",
+    "ImageMaskInput": "interpretable_input",
+    "ProductBaselines": "baselines",
+    "LLMAttribution": "llm.perturbation",
+    "LLMGradientAttribution": "llm.gradient",
+    "LLMAttributionResult": "llm.result",
+    "RemoteLLMAttribution": "llm.remote",
+    "RemoteLLMProvider": "llm.remote",
+    "VLLMProvider": "llm.remote",
     # bases
     "Attribution": "_base",
     "GradientAttribution": "_base",

@@ -25,7 +25,8 @@ from .config import CONFIG_NAME, ConfigError, load_file, normalize
 
 logger = logging.getLogger(__name__)
 HANDLERS_DIR = Path(__file__).resolve().parents[2] / "handlers"
-HANDLERS = {"image": "image_handler.py", "tabular": "tabular_handler.py", "text": "text_handler.py"}
+HANDLERS = {"image": "image_handler.py", "tabular": "tabular_handler.py", "text": "text_handler.py",
+            "causal_lm": "causal_lm_handler.py"}
 
 
 def _single_module_class(path: Path) -> str:
@@ -52,11 +53,33 @@ def _infer_features(model: nn.Module) -> int:
     raise ConfigError("could not infer the number of features; give --reference-data or input.features in --config")
 
 
+def _stage_hf(raw: Dict[str, Any], directory: Path, kind: str, stage: Path, extras: list):
+    """Stage a Hugging Face directory and fill the config facts only the model knows; (serialized, None)."""
+    from . import hf
+
+    if kind not in ("text", "causal_lm"):
+        raise ConfigError(f"a Hugging Face model directory is served as --kind text or causal_lm, not {kind}")
+    hf.require_transformers()
+    serialized, files = hf.stage(directory, stage)
+    extras += files
+    raw["model"].pop("class", None)
+    raw["model"]["huggingface"] = "sequence_classification" if kind == "text" else kind
+    if kind == "text":
+        raw.setdefault("input", {}).setdefault("text", {})["tokenizer"] = "huggingface"
+        if not raw.get("labels") and hf.labels(stage):
+            raw["labels"] = hf.labels(stage)
+        ex = raw.setdefault("explain", {})
+        if not ex.get("layer"):  # token attributions at the input embeddings
+            ex["layer"] = hf.embedding_name(hf.load_classifier(stage))
+    return serialized, None
+
+
 def archive(name: str, model: Path, kind: str, model_store: Path, config: Optional[Path] = None,
             reference_data: Optional[Path] = None, weights: Optional[Path] = None,
             extra_files: Iterable[Path] = (), version: str = "1.0", handler: Optional[Path] = None,
             runtime: str = "torch") -> Path:
-    """Write ``model_store/NAME.mar``; returns its path. ``model`` is TorchScript or an eager .py file (+ ``weights``).
+    """Write ``model_store/NAME.mar``; returns its path. ``model`` is TorchScript, an eager .py file (+ ``weights``)
+    or a Hugging Face ``save_pretrained`` directory (``kind`` text or causal_lm; needs the ``[llm]`` extra).
 
     ``runtime="onnx"`` also packs model.onnx and compiled explainers (``explain_serve.export.serving``).
     """
@@ -71,7 +94,13 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
     with tempfile.TemporaryDirectory(prefix=f"explain-serve-{name}-") as tmp:
         stage = Path(tmp)
         extras = [Path(p) for p in extra_files]
-        if model.suffix == ".py":
+        if model.is_dir():  # a Hugging Face save_pretrained directory: config, weights, tokenizer
+            if runtime != "torch":
+                raise ConfigError("Hugging Face model directories are served with --runtime torch")
+            serialized, model_file = _stage_hf(raw, model, kind, stage, extras)
+        elif kind == "causal_lm":
+            raise ConfigError("--kind causal_lm needs --model DIR, a Hugging Face model directory (save_pretrained)")
+        elif model.suffix == ".py":
             if weights is None:
                 raise ConfigError("an eager model file needs --weights (a state dict saved with torch.save)")
             raw["model"].setdefault("class", _single_module_class(model))
@@ -105,8 +134,14 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
             vocab = (raw.get("input", {}).get("text") or {}).get("vocab")
             if vocab and config is not None and (Path(config).parent / vocab).is_file():
                 extras.append(Path(config).parent / vocab)
-        cfg = normalize(raw, has_reference=reference is not None, torchscript=not raw["model"].get("class"))
-        pre = precompute(cfg, reference)
+        if kind == "causal_lm":
+            from .causal_lm import normalize_config
+
+            cfg = normalize_config(raw)
+        else:
+            cfg = normalize(raw, has_reference=reference is not None,
+                            torchscript=not (raw["model"].get("class") or raw["model"].get("huggingface")))
+        pre = precompute(cfg, reference) if kind != "causal_lm" else None
         if pre:
             np.savez(stage / PRECOMPUTED_NAME, **pre)
             extras.append(stage / PRECOMPUTED_NAME)
@@ -127,7 +162,10 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
             extras += build_archive_files(stage, onnx_model, cfg, reference, vocab_size)
         elif runtime != "torch":
             raise ConfigError(f"runtime must be torch or onnx, got {runtime!r}")
-        ExplainService(stage, serialized, name, version, model_file, kind).close()  # fails here, not in the server
+        service_class = ExplainService
+        if kind == "causal_lm":
+            from .causal_lm import CausalLMService as service_class
+        service_class(stage, serialized, name, version, model_file, kind).close()  # fails here, not in the server
         handler = Path(handler) if handler else HANDLERS_DIR / HANDLERS[kind]
         model_store.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", version,

@@ -64,6 +64,7 @@ class Baselines:
         self.default = cfg["explain"]["baseline"]
         shape = cfg["input"]["shape"]
         self.tensors: Dict[str, Tensor] = {}
+        self.keep_ids: Sequence[int] = ()  # text: token ids the pad baseline keeps (special tokens)
         for name, b in self.specs.items():
             kind = b.get("type")
             if kind in ("mean", "kmeans"):
@@ -96,7 +97,10 @@ class Baselines:
             value = float(spec.get("value", 0.0)) if kind == "constant" else 0.0
             return torch.full((1, *x.shape[1:]), value, dtype=x.dtype) if distribution else value
         if kind == "pad":
-            return torch.full_like(x, int(self.cfg["input"]["text"]["pad_id"]))
+            pad = torch.full_like(x, int(self.cfg["input"]["text"]["pad_id"]))
+            if self.keep_ids:
+                pad = torch.where(torch.isin(x, torch.tensor(list(self.keep_ids), dtype=x.dtype)), x, pad)
+            return pad
         if kind == "blur":
             if self.kind != "image":
                 raise bad("the blur baseline is for image inputs", "params.baselines")

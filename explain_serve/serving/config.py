@@ -16,6 +16,7 @@ Fields (all optional except ``kind``)::
       image: {mode: L | RGB, size: [H, W], scale: 1/255, mean: [..], std: [..]}   # decoding PNG/JPEG
       features: [names]               # tabular
       text: {vocab: vocab.json, max_tokens: 128, pad_id: 0, unk_id: 1, lowercase: true}
+                                      # or {tokenizer: huggingface, max_tokens: 128} (Hugging Face archives)
     explain:
       default_method: integrated_gradients
       default_params: {method_name: {param: value}}
@@ -102,11 +103,13 @@ def normalize(raw: Dict[str, Any], has_reference: bool = False, torchscript: boo
             raise ConfigError("input.features must name every column of input.shape")
     else:
         txt = inp.setdefault("text", {})
-        if "vocab" not in txt:
-            raise ConfigError("a text config needs input.text.vocab (a JSON list of tokens in the archive)")
+        hf = txt.get("tokenizer") == "huggingface"  # the archive's Hugging Face tokenizer files
+        if "vocab" not in txt and not hf:
+            raise ConfigError("a text config needs input.text.vocab (a JSON list of tokens in the archive) "
+                              "or input.text.tokenizer: huggingface")
         txt.setdefault("max_tokens", 128)
-        txt.setdefault("pad_id", 0)
-        txt.setdefault("unk_id", 1)
+        txt.setdefault("pad_id", -1 if hf else 0)  # Hugging Face: negative ids are masked padding
+        txt.setdefault("unk_id", 0 if hf else 1)
         txt.setdefault("lowercase", True)
         inp["shape"] = [None]
     ex = cfg.setdefault("explain", {})

@@ -15,12 +15,13 @@ from .service import ExplainService
 
 class ExplainHandlerBase(BaseHandler):
     kind: Optional[str] = None  # None: the kind comes from the archive's explain config
+    service_class = ExplainService  # a ``TorchServeEntry``: CausalLMService for causal_lm archives
 
     def initialize(self, context):
         from ..export.serving import install  # ONNX Runtime artifacts, when the archive has them
 
         self.context = context
-        self.service = ExplainService.from_context(context, kind=self.kind)
+        self.service = self.service_class.from_context(context, kind=self.kind)
         self.model = self.service.model
         install(self.service)
         self.initialized = True

@@ -22,6 +22,7 @@ from torch import Tensor
 from .config import check_method, method_limits
 from .errors import ServeError, bad, too_large
 from .methods import METHODS, validate_params
+from .tokenization import WordTokenizer
 
 BODY_FIELDS = ("inputs", "target", "method", "params", "output")
 TRUE = ("true", "1", "yes")
@@ -39,6 +40,7 @@ class Item:
     params: Dict[str, Any] = field(default_factory=dict)
     heatmap: bool = False
     tokens: Optional[List[str]] = None
+    special: Optional[List[bool]] = None  # text: which tokens are special ([CLS], </s>, ...)
 
 
 def is_true(value: Any) -> bool:
@@ -86,13 +88,15 @@ def read_body(row: Dict[str, Any], content_type: Optional[str], kind: str) -> An
 class Parser:
     """Validates items against one model's config (shapes, limits, vocabulary, labels)."""
 
-    def __init__(self, cfg: Dict[str, Any], n_classes: int, vocab: Optional[Sequence[str]] = None):
+    def __init__(self, cfg: Dict[str, Any], n_classes: int, vocab: Optional[Sequence[str]] = None, tokenizer=None):
         self.cfg = cfg
         self.kind = cfg["kind"]
         self.inp = cfg["input"]
         self.n_classes = n_classes
-        self.vocab = list(vocab) if vocab is not None else None
-        self.vocab_index = {w: i for i, w in enumerate(self.vocab)} if self.vocab else {}
+        if tokenizer is None and vocab is not None:
+            txt = self.inp.get("text") or {}
+            tokenizer = WordTokenizer(vocab, txt.get("unk_id", 1), txt.get("lowercase", True))
+        self.tokenizer = tokenizer  # text: a ``tokenization`` tokenizer
 
     # -- the whole item ---------------------------------------------------------------------------
     def parse(self, index: int, body: Any, explain: bool) -> Item:
@@ -106,10 +110,10 @@ class Parser:
             raise bad(f"unknown field(s) {', '.join(unknown)}; the body takes {', '.join(BODY_FIELDS)}")
         if "inputs" not in body:
             raise bad("missing 'inputs'", "inputs")
-        tokens = None
+        tokens = special = None
         inputs = body["inputs"]
         if self.kind == "text" and isinstance(inputs, str):
-            x, tokens = self.text(inputs)
+            x, tokens, special = self.text(inputs)
         elif self.kind == "image" and isinstance(inputs, str):
             x = self.image_base64(inputs)
         elif self.kind == "tabular" and isinstance(inputs, dict):
@@ -117,11 +121,12 @@ class Parser:
         elif isinstance(inputs, list):
             x = self.nested(inputs)
             if self.kind == "text":
-                tokens = [self.vocab[i] for i in x.tolist()]
+                tokens = self.tokenizer.tokens(x.tolist())
+                special = [i in getattr(self.tokenizer, "special_ids", ()) for i in x.tolist()]
         else:
             raise bad(f"'inputs' must be {self._accepted()}, got {type(inputs).__name__}", "inputs")
         target = self.target(body.get("target", "predicted"))
-        item = Item(index, explain, x, target, tokens=tokens)
+        item = Item(index, explain, x, target, tokens=tokens, special=special)
         if explain:
             item.method, item.params = self._method(body.get("method"), body.get("params"))
             item.heatmap = self._output(body.get("output"))
@@ -183,8 +188,8 @@ class Parser:
             raise bad("'inputs' contains NaN or infinity; send finite numbers", "inputs")
         self._check_shape(arr.shape)
         if self.kind == "text":
-            if arr.size == 0 or not np.all(arr == np.round(arr)) or arr.min() < 0 or arr.max() >= len(self.vocab):
-                raise bad(f"token ids must be integers in 0..{len(self.vocab) - 1}", "inputs")
+            if arr.size == 0 or not np.all(arr == np.round(arr)) or arr.min() < 0 or arr.max() >= len(self.tokenizer):
+                raise bad(f"token ids must be integers in 0..{len(self.tokenizer) - 1}", "inputs")
             return torch.as_tensor(arr, dtype=torch.long)
         return torch.as_tensor(arr, dtype=torch.float32)
 
@@ -225,21 +230,16 @@ class Parser:
         return torch.tensor(values, dtype=torch.float32)
 
     def text(self, text: str):
-        from ..examples import tokenize
-
-        if self.inp["text"].get("lowercase", True):
-            text = text.lower()
+        """Token ids, token strings and special-token flags of ``text``; 4xx when empty or over the limit."""
         limit = int(self.inp["text"]["max_tokens"])
         if len(text) > 64 * limit:
             raise too_large(f"text of {len(text)} characters is over this model's limit ({64 * limit})", "inputs")
-        tokens = tokenize(text)
-        if not tokens:
+        enc = self.tokenizer.encode(text)
+        if not enc.ids or all(enc.special):
             raise bad("the text has no tokens; send some words", "inputs")
-        if len(tokens) > limit:
-            raise too_large(f"{len(tokens)} tokens; this model accepts at most {limit}", "inputs")
-        unk = int(self.inp["text"]["unk_id"])
-        ids = [self.vocab_index.get(t, unk) for t in tokens]
-        return torch.tensor(ids, dtype=torch.long), tokens
+        if len(enc.ids) > limit:
+            raise too_large(f"{len(enc.ids)} tokens; this model accepts at most {limit}", "inputs")
+        return torch.tensor(enc.ids, dtype=torch.long), enc.tokens, enc.special
 
     def image_base64(self, text: str) -> Tensor:
         if text.startswith("data:"):

@@ -44,6 +44,10 @@ Result = Tuple[int, str]
 def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path], model_file: Optional[str]) -> nn.Module:
     """An eager model (class + state dict) or a TorchScript file, in eval mode on CPU."""
     spec = cfg.get("model") or {}
+    if spec.get("huggingface"):
+        from .hf import load_classifier
+
+        return load_classifier(model_dir)
     cls_path = spec.get("class")
     if not cls_path:
         if serialized is None:
@@ -70,63 +74,15 @@ def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path],
     return model.eval()
 
 
-class ExplainService:
-    """Predictions and explanations for one model; see the module docstring."""
+class TorchServeEntry:
+    """What TorchServe calls on a service: built from the worker context, one answer per request.
 
-    def __init__(self, model_dir: os.PathLike, serialized_file: Optional[str] = None, model_name: str = "model",
-                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None) -> None:
-        self.model_dir = Path(model_dir)
-        self.model_name, self.version = model_name, str(version)
-        serialized = self.model_dir / serialized_file if serialized_file else None
-        raw = load_file(self.model_dir / CONFIG_NAME)
-        if kind is not None and raw.get("kind", kind) != kind:
-            raise ConfigError(f"this handler serves {kind} models; the config says {raw.get('kind')}")
-        raw.setdefault("kind", kind)
-        npz = self.model_dir / PRECOMPUTED_NAME
-        precomputed = dict(np.load(npz)) if npz.is_file() else {}
-        torchscript = not (raw.get("model") or {}).get("class")
-        self.cfg = normalize(raw, has_reference=bool(precomputed), torchscript=torchscript)
-        self.kind = self.cfg["kind"]
-        self.model = load_model(self.model_dir, self.cfg, serialized, model_file)
-        self.vocab = None
-        if self.kind == "text":
-            self.vocab = json.loads((self.model_dir / self.cfg["input"]["text"]["vocab"]).read_text())
-        self.baselines = Baselines(self.cfg, precomputed)
-        self.n_classes = self._probe()
-        self.labels = labels(self.cfg, self.n_classes)
-        self.parser = Parser(self.cfg, self.n_classes, self.vocab)
-        self.layer = self.model.get_submodule(self.cfg["explain"]["layer"]) if self.cfg["explain"]["layer"] else None
-        self.server_limit = int(os.environ[MAX_RESPONSE_ENV]) if os.environ.get(MAX_RESPONSE_ENV) else None
-        self.response_limit = max_response_bytes(self.cfg, self.server_limit)
-        self.methods: Dict[str, Any] = {}
-        self.unavailable: Dict[str, ServeError] = {}
-        for name in self.cfg["explain"]["methods"]:
-            try:
-                if name == "noise_tunnel":
-                    nt_cls = resolve_class(METHODS[name])
-                    self.methods[name] = {base: nt_cls(build(METHODS[base], self.model, None))
-                                          for base in METHODS[name].param("base").choices}
-                else:
-                    self.methods[name] = build(METHODS[name], self.model, self.layer)
-            except ServeError as exc:
-                logger.warning("model %s: %s", model_name, exc.message)
-                self.unavailable[name] = exc
-        self._warm_up()
-        logger.info("model %s (%s) loaded: %d classes, methods %s, response limit %d bytes", model_name, self.kind,
-                    self.n_classes, ", ".join(self.methods), self.response_limit)
-
-    def _warm_up(self) -> None:
-        """One default explanation at load, so the first request does not pay one-off costs."""
-        if self.kind == "text":
-            inputs = [int(self.cfg["input"]["text"]["unk_id"])]
-        else:
-            inputs = torch.zeros(*self.cfg["input"]["shape"]).tolist()
-        (status, text), = self.handle([{"body": {"inputs": inputs}}], [True])
-        if status != 200:
-            logger.warning("model %s: warm-up explanation answered %d: %s", self.model_name, status, text)
+    A service subclass implements ``__init__(model_dir, serialized_file, model_name, version,
+    model_file, kind)`` and ``handle(rows, explain_flags, content_types) -> [(status, json)]``.
+    """
 
     @classmethod
-    def from_context(cls, context, kind: Optional[str] = None) -> "ExplainService":
+    def from_context(cls, context, kind: Optional[str] = None) -> "TorchServeEntry":
         """Build from a TorchServe worker context (model_dir and manifest).
 
         A worker serves one model on a machine shared with the frontend and other workers: its
@@ -141,26 +97,6 @@ class ExplainService:
                    model.get("modelName", getattr(context, "model_name", "model")), model.get("modelVersion", "1.0"),
                    model.get("modelFile"), kind)
 
-    def close(self) -> None:
-        """Remove the hooks registered at load."""
-        for inst in self.methods.values():
-            for m in (inst.values() if isinstance(inst, dict) else [inst]):
-                if hasattr(m, "close"):
-                    m.close()
-
-    def _probe(self) -> int:
-        shape = self.cfg["input"]["shape"]
-        if self.kind == "text":
-            x = torch.full((1, 1), int(self.cfg["input"]["text"]["unk_id"]), dtype=torch.long)
-        else:
-            x = torch.zeros(1, *shape)
-        with torch.no_grad():
-            out = self.model(x)
-        if not isinstance(out, Tensor) or out.dim() != 2:
-            raise ConfigError(f"the model must return (batch, classes); got {getattr(out, 'shape', type(out))}")
-        return int(out.shape[1])
-
-    # -- TorchServe entry ------------------------------------------------------------------------
     def handle_context(self, data: List[Dict[str, Any]], context) -> List[str]:
         """Read per-index explain flags and content types from ``context``; set per-index statuses."""
         flags, ctypes = [], []
@@ -181,6 +117,91 @@ class ExplainService:
                 context.set_response_status(code, ServeError.TYPES.get(code, "Error"), i)
             out.append(text)
         return out
+
+
+class ExplainService(TorchServeEntry):
+    """Predictions and explanations for one model; see the module docstring."""
+
+    def __init__(self, model_dir: os.PathLike, serialized_file: Optional[str] = None, model_name: str = "model",
+                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.model_name, self.version = model_name, str(version)
+        serialized = self.model_dir / serialized_file if serialized_file else None
+        raw = load_file(self.model_dir / CONFIG_NAME)
+        if kind is not None and raw.get("kind", kind) != kind:
+            raise ConfigError(f"this handler serves {kind} models; the config says {raw.get('kind')}")
+        raw.setdefault("kind", kind)
+        npz = self.model_dir / PRECOMPUTED_NAME
+        precomputed = dict(np.load(npz)) if npz.is_file() else {}
+        torchscript = not any((raw.get("model") or {}).get(k) for k in ("class", "huggingface"))
+        self.cfg = normalize(raw, has_reference=bool(precomputed), torchscript=torchscript)
+        self.kind = self.cfg["kind"]
+        self.model = load_model(self.model_dir, self.cfg, serialized, model_file)
+        self.tokenizer = self._tokenizer() if self.kind == "text" else None
+        self.baselines = Baselines(self.cfg, precomputed)
+        if self.tokenizer is not None:  # the pad baseline keeps [CLS], [SEP], ... where they are
+            self.baselines.keep_ids = sorted(getattr(self.tokenizer, "special_ids", ()))
+        self.n_classes = self._probe()
+        self.labels = labels(self.cfg, self.n_classes)
+        self.parser = Parser(self.cfg, self.n_classes, tokenizer=self.tokenizer)
+        self.layer = self.model.get_submodule(self.cfg["explain"]["layer"]) if self.cfg["explain"]["layer"] else None
+        self.server_limit = int(os.environ[MAX_RESPONSE_ENV]) if os.environ.get(MAX_RESPONSE_ENV) else None
+        self.response_limit = max_response_bytes(self.cfg, self.server_limit)
+        self.methods: Dict[str, Any] = {}
+        self.unavailable: Dict[str, ServeError] = {}
+        for name in self.cfg["explain"]["methods"]:
+            try:
+                if name == "noise_tunnel":
+                    nt_cls = resolve_class(METHODS[name])
+                    self.methods[name] = {base: nt_cls(build(METHODS[base], self.model, None))
+                                          for base in METHODS[name].param("base").choices}
+                else:
+                    self.methods[name] = build(METHODS[name], self.model, self.layer)
+            except ServeError as exc:
+                logger.warning("model %s: %s", model_name, exc.message)
+                self.unavailable[name] = exc
+        self._warm_up()
+        logger.info("model %s (%s) loaded: %d classes, methods %s, response limit %d bytes", model_name, self.kind,
+                    self.n_classes, ", ".join(self.methods), self.response_limit)
+
+    def _tokenizer(self):
+        """The archive's Hugging Face tokenizer, or the word vocabulary of the bundled text models."""
+        from .tokenization import HFTokenizer, WordTokenizer
+
+        txt = self.cfg["input"]["text"]
+        if txt.get("tokenizer") == "huggingface":
+            return HFTokenizer(self.model_dir, add_special_tokens=True)
+        vocab = json.loads((self.model_dir / txt["vocab"]).read_text())
+        return WordTokenizer(vocab, txt["unk_id"], txt.get("lowercase", True))
+
+    def _warm_up(self) -> None:
+        """One default explanation at load, so the first request does not pay one-off costs."""
+        if self.kind == "text":
+            inputs = [int(self.cfg["input"]["text"]["unk_id"])]
+        else:
+            inputs = torch.zeros(*self.cfg["input"]["shape"]).tolist()
+        (status, text), = self.handle([{"body": {"inputs": inputs}}], [True])
+        if status != 200:
+            logger.warning("model %s: warm-up explanation answered %d: %s", self.model_name, status, text)
+
+    def close(self) -> None:
+        """Remove the hooks registered at load."""
+        for inst in self.methods.values():
+            for m in (inst.values() if isinstance(inst, dict) else [inst]):
+                if hasattr(m, "close"):
+                    m.close()
+
+    def _probe(self) -> int:
+        shape = self.cfg["input"]["shape"]
+        if self.kind == "text":
+            x = torch.full((1, 1), int(self.cfg["input"]["text"]["unk_id"]), dtype=torch.long)
+        else:
+            x = torch.zeros(1, *shape)
+        with torch.no_grad():
+            out = self.model(x)
+        if not isinstance(out, Tensor) or out.dim() != 2:
+            raise ConfigError(f"the model must return (batch, classes); got {getattr(out, 'shape', type(out))}")
+        return int(out.shape[1])
 
     # -- the batch -------------------------------------------------------------------------------
     def handle(self, rows: Sequence[Any], explain: Sequence[bool], content_types: Optional[Sequence[Optional[str]]] = None) -> List[Result]:
@@ -263,6 +284,7 @@ class ExplainService:
         feature_chars = sum(len(n) + 4 for n in self.cfg["input"]["features"]) if self.kind == "tabular" else 0
         n_tokens = it.x.numel() if self.kind == "text" else 0
         token_chars = sum(len(t) for t in it.tokens) if it.tokens else 0
+        token_chars += 16 * sum(it.special or [])  # ,"special":true
         return encode.estimate_bytes(it.x.numel(), self.n_classes, hw, n_tokens=n_tokens,
                                      feature_chars=feature_chars + token_chars)
 
@@ -331,7 +353,8 @@ class ExplainService:
                    "baseline": baseline_used, "elapsed_ms": round(elapsed, 3)}
             if self.kind == "text":
                 scores = ans["attributions"]
-                ans["tokens"] = [{"token": t, "score": s} for t, s in zip(m.tokens, scores)]
+                ans["tokens"] = [dict({"token": t, "score": s}, **({"special": True} if sp else {}))
+                                 for t, s, sp in zip(m.tokens, scores, m.special or [False] * len(scores))]
             elif self.kind == "tabular":
                 ans["features"] = dict(zip(self.cfg["input"]["features"], ans["attributions"]))
             if m.heatmap:

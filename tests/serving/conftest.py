@@ -2,6 +2,7 @@
 archived with only the CLI flags, on free loopback ports, its own TMPDIR and logs, stopped by PID."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import pytest
 import torch
 
 from explain_serve.client import Client
-from explain_serve.examples import EXAMPLES, build_examples, load_example_model
+from explain_serve.examples import EXAMPLES, LLM_EXAMPLES, build_examples, load_example_model
 from explain_serve.serving import server as ts_server
 from explain_serve.serving.server import read_token
 
 MAX_RESPONSE = 300_000  # small, so the "response over max_response_size" row is cheap to reach
-MODELS = ["digits", "cancer", "sentiment", "cancer_ts"]
+HAS_LLM = importlib.util.find_spec("transformers") is not None  # the [llm] extra
+MODELS = ["digits", "cancer", "sentiment", "cancer_ts"] + (["tiny_lm", "hf_text"] if HAS_LLM else [])
 
 
 def _need_java():
@@ -34,6 +36,12 @@ def store(tmp_path_factory) -> Path:
     ts_file = store / "build" / "cancer_ts.pt"
     scripted.save(str(ts_file))
     assert main(["archive", "cancer_ts", "--model", str(ts_file), "--kind", "tabular", "--model-store", str(store)]) == 0
+    if HAS_LLM:  # Hugging Face directories: the tiny_lm example and a random 1-layer BERT classifier
+        from tests.hf_models import bert_classifier_dir
+
+        build_examples(store, LLM_EXAMPLES)
+        bert = bert_classifier_dir(store / "build" / "hf_text")
+        assert main(["archive", "hf_text", "--model", str(bert), "--kind", "text", "--model-store", str(store)]) == 0
     return store
 
 

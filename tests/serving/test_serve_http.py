@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import explain_serve.attr as attr
-from explain_serve.examples import tokenize
+from explain_serve.serving.tokenization import tokenize
 
 pytestmark = pytest.mark.serving
 RTOL, ATOL = 1e-4, 2e-5

@@ -20,12 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import handlers
 from .baselines import PRECOMPUTED_NAME, precompute
 from .config import CONFIG_NAME, ConfigError, load_file, normalize
 
 logger = logging.getLogger(__name__)
-HANDLERS_DIR = Path(__file__).resolve().parents[2] / "handlers"
-HANDLERS = {"image": "image_handler.py", "tabular": "tabular_handler.py", "text": "text_handler.py"}
 
 
 def _single_module_class(path: Path) -> str:
@@ -128,7 +127,7 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
         elif runtime != "torch":
             raise ConfigError(f"runtime must be torch or onnx, got {runtime!r}")
         ExplainService(stage, serialized, name, version, model_file, kind).close()  # fails here, not in the server
-        handler = Path(handler) if handler else HANDLERS_DIR / HANDLERS[kind]
+        handler = Path(handler) if handler else handlers.path(kind)
         model_store.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", version,
                "--serialized-file", str(stage / serialized), "--handler", str(handler),

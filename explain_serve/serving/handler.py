@@ -1,4 +1,4 @@
-"""The TorchServe handler body shared by the handler modules in ``handlers/``.
+"""The TorchServe handler body shared by the handler entry files in ``explain_serve/handlers/``.
 
 TorchServe loads the one class *defined* in a handler module (imported classes do not count), so
 each module there subclasses ``ExplainHandlerBase`` and names its input kind; the logic is

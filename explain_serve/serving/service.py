@@ -30,14 +30,15 @@ from torch import Tensor, nn
 
 from . import encode
 from .baselines import PRECOMPUTED_NAME, Baselines
-from .config import CONFIG_NAME, ConfigError, labels, load_file, max_response_bytes, normalize
-from .errors import ServeError, bad, too_large
+from .config import CONFIG_NAME, ConfigError, archive_file, labels, load_file, max_response_bytes, normalize
+from .errors import ServeError, bad, model_failed, too_large
 from .methods import METHODS, MethodSpec, build, occlusion_windows, resolve_class, seeded
 from .requests import Item, Parser, is_true, read_body
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_ENV = "EXPLAIN_SERVE_MAX_RESPONSE_SIZE"
 THREADS_ENV = "EXPLAIN_SERVE_TORCH_THREADS"
+WARMUP_ENV = "EXPLAIN_SERVE_WARMUP_SECONDS"
 Result = Tuple[int, str]
 
 
@@ -52,8 +53,10 @@ def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path],
     if ":" in cls_path:
         module_name, cls_name = cls_path.split(":", 1)
         cls = getattr(importlib.import_module(module_name), cls_name)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ConfigError(f"model.class {cls_path!r} is not an nn.Module class")
     else:
-        file = model_dir / (spec.get("file") or model_file or "")
+        file = archive_file(model_dir, spec.get("file") or model_file or "", "model.file")
         if not file.is_file():
             raise ConfigError(f"model class {cls_path!r} needs the model file (got {file})")
         mod_name = "explain_serve_user_model_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
@@ -63,11 +66,28 @@ def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path],
         cls = getattr(module, cls_path)
     model = cls(**(spec.get("kwargs") or {}))
     if serialized is not None:
-        state = torch.load(str(serialized), map_location="cpu", weights_only=True)
+        try:  # weights only: a state dict can never run code when it loads
+            state = torch.load(str(serialized), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"{Path(serialized).name} is not a readable state dict (loaded with "
+                              f"weights_only=True): {type(exc).__name__}: {str(exc)[:300]}") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         model.load_state_dict(state)
     return model.eval()
+
+
+def load_vocab(model_dir: Path, name: str) -> List[str]:
+    """The archive's vocabulary file: a JSON list of token strings (ConfigError naming the file otherwise)."""
+    path = archive_file(model_dir, name, "input.text.vocab")
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"input.text.vocab {name!r}: cannot read {path.name} as a JSON list of tokens "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
+        raise ConfigError(f"input.text.vocab {name!r}: {path.name} must be a non-empty JSON list of token strings")
+    return vocab
 
 
 class ExplainService:
@@ -90,7 +110,7 @@ class ExplainService:
         self.model = load_model(self.model_dir, self.cfg, serialized, model_file)
         self.vocab = None
         if self.kind == "text":
-            self.vocab = json.loads((self.model_dir / self.cfg["input"]["text"]["vocab"]).read_text())
+            self.vocab = load_vocab(self.model_dir, self.cfg["input"]["text"]["vocab"])
         self.baselines = Baselines(self.cfg, precomputed)
         self.n_classes = self._probe()
         self.labels = labels(self.cfg, self.n_classes)
@@ -116,14 +136,38 @@ class ExplainService:
                     self.n_classes, ", ".join(self.methods), self.response_limit)
 
     def _warm_up(self) -> None:
-        """One default explanation at load, so the first request does not pay one-off costs."""
+        """One explanation per allowed method at load (the default method first), with default parameters.
+
+        A method's first call pays one-off costs (autograd and allocator set-up, hook paths; measured
+        up to 50x its steady time), which would otherwise land on the first request that asks for it.
+        The loop stops (after the default method) once ``warmup_seconds`` (config ``explain.warmup_seconds``, env
+        ``EXPLAIN_SERVE_WARMUP_SECONDS``; default 30) are spent; ``self.warmup_ms`` records each method's
+        cost and the log names any method left cold.
+        """
         if self.kind == "text":
-            inputs = [int(self.cfg["input"]["text"]["unk_id"])]
+            inputs: Any = [int(self.cfg["input"]["text"]["unk_id"])]
         else:
             inputs = torch.zeros(*self.cfg["input"]["shape"]).tolist()
-        (status, text), = self.handle([{"body": {"inputs": inputs}}], [True])
-        if status != 200:
-            logger.warning("model %s: warm-up explanation answered %d: %s", self.model_name, status, text)
+        budget = float(os.environ.get(WARMUP_ENV) or self.cfg["explain"].get("warmup_seconds", 30))
+        default = self.cfg["explain"]["default_method"]
+        names = [default] + [n for n in self.methods if n != default]
+        bodies = [(n, {"inputs": inputs, "method": n}) for n in names if n in self.methods]
+        bodies += [(f"noise_tunnel/{b}", {"inputs": inputs, "method": "noise_tunnel", "params": {"base": b}})
+                   for b in self.methods.get("noise_tunnel", {}) if b != METHODS["noise_tunnel"].param("base").default]
+        self.warmup_ms: Dict[str, float] = {}
+        start = time.perf_counter()
+        for i, (name, body) in enumerate(bodies):
+            if i and time.perf_counter() - start > budget:
+                logger.warning("model %s: warm-up budget of %.0f s spent; not warmed: %s", self.model_name, budget,
+                               ", ".join(n for n, _ in bodies if n not in self.warmup_ms))
+                break
+            t0 = time.perf_counter()
+            (status, text), = self.handle([{"body": body}], [True])
+            self.warmup_ms[name] = round((time.perf_counter() - t0) * 1000, 1)
+            if status != 200:
+                logger.warning("model %s: warm-up of %s answered %d: %s", self.model_name, name, status, text[:300])
+        logger.info("model %s: warmed %d methods in %.0f ms", self.model_name, len(self.warmup_ms),
+                    (time.perf_counter() - start) * 1000)
 
     @classmethod
     def from_context(cls, context, kind: Optional[str] = None) -> "ExplainService":
@@ -238,10 +282,10 @@ class ExplainService:
         for members in by_shape.values():
             try:
                 probs = self._probabilities(self._batch(members))
-            except Exception:  # find the item(s) the model cannot run on
-                if len(members) == 1:
+            except Exception as exc:  # find the item(s) the model cannot run on
+                if len(members) == 1:  # the input passed validation: the model itself failed (500, with the cause)
                     logger.exception("forward failed")
-                    results[members[0].index] = (400, bad("the model could not run on this input; check its shape and values", "inputs").to_json())
+                    results[members[0].index] = (500, model_failed("the model", exc).to_json())
                     continue
                 for m in members:
                     out.update(self._predict([m], results))
@@ -294,7 +338,7 @@ class ExplainService:
                     self._explain_group([m], predictions, results)
                 return
             logger.exception("explanation failed")
-            err = bad(f"{members[0].method} failed on this input: {exc}")
+            err = model_failed(members[0].method, exc)
             results[members[0].index] = (err.code, err.to_json())
             return
         for m, ans in zip(members, answers):

@@ -42,6 +42,14 @@ WARMUP_ENV = "EXPLAIN_SERVE_WARMUP_SECONDS"
 Result = Tuple[int, str]
 
 
+def device_from_context(properties: Dict[str, Any]) -> torch.device:
+    """The worker's device: TorchServe's ``gpu_id`` when CUDA is available, else the CPU."""
+    gpu_id = (properties or {}).get("gpu_id")
+    if gpu_id is not None and str(gpu_id).strip() not in ("", "-1") and torch.cuda.is_available():
+        return torch.device("cuda", int(gpu_id))
+    return torch.device("cpu")
+
+
 def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path], model_file: Optional[str]) -> nn.Module:
     """An eager model (class + state dict) or a TorchScript file, in eval mode on CPU."""
     spec = cfg.get("model") or {}
@@ -94,8 +102,10 @@ class ExplainService:
     """Predictions and explanations for one model; see the module docstring."""
 
     def __init__(self, model_dir: os.PathLike, serialized_file: Optional[str] = None, model_name: str = "model",
-                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None) -> None:
+                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None,
+                 device: Any = "cpu") -> None:
         self.model_dir = Path(model_dir)
+        self.device = torch.device(device)
         self.model_name, self.version = model_name, str(version)
         serialized = self.model_dir / serialized_file if serialized_file else None
         raw = load_file(self.model_dir / CONFIG_NAME)
@@ -107,7 +117,7 @@ class ExplainService:
         torchscript = not (raw.get("model") or {}).get("class")
         self.cfg = normalize(raw, has_reference=bool(precomputed), torchscript=torchscript)
         self.kind = self.cfg["kind"]
-        self.model = load_model(self.model_dir, self.cfg, serialized, model_file)
+        self.model = load_model(self.model_dir, self.cfg, serialized, model_file).to(self.device)
         self.vocab = None
         if self.kind == "text":
             self.vocab = load_vocab(self.model_dir, self.cfg["input"]["text"]["vocab"])
@@ -171,7 +181,8 @@ class ExplainService:
 
     @classmethod
     def from_context(cls, context, kind: Optional[str] = None) -> "ExplainService":
-        """Build from a TorchServe worker context (model_dir and manifest).
+        """Build from a TorchServe worker context (model_dir, manifest and gpu_id: the model and its
+        explanations run on that GPU when CUDA is available, on the CPU otherwise).
 
         A worker serves one model on a machine shared with the frontend and other workers: its
         intra-op threads default to 1 (``EXPLAIN_SERVE_TORCH_THREADS`` or the config's
@@ -183,7 +194,7 @@ class ExplainService:
         model = manifest.get("model", {})
         return cls(context.system_properties.get("model_dir"), model.get("serializedFile"),
                    model.get("modelName", getattr(context, "model_name", "model")), model.get("modelVersion", "1.0"),
-                   model.get("modelFile"), kind)
+                   model.get("modelFile"), kind, device_from_context(context.system_properties))
 
     def close(self) -> None:
         """Remove the hooks registered at load."""
@@ -199,7 +210,7 @@ class ExplainService:
         else:
             x = torch.zeros(1, *shape)
         with torch.no_grad():
-            out = self.model(x)
+            out = self.model(x.to(self.device))
         if not isinstance(out, Tensor) or out.dim() != 2:
             raise ConfigError(f"the model must return (batch, classes); got {getattr(out, 'shape', type(out))}")
         return int(out.shape[1])
@@ -271,8 +282,8 @@ class ExplainService:
         if self.kind == "text":
             width = max(m.x.shape[0] for m in members)
             pad = int(self.cfg["input"]["text"]["pad_id"])
-            return torch.stack([F.pad(m.x, (0, width - m.x.shape[0]), value=pad) for m in members])
-        return torch.stack([m.x for m in members])
+            return torch.stack([F.pad(m.x, (0, width - m.x.shape[0]), value=pad) for m in members]).to(self.device)
+        return torch.stack([m.x for m in members]).to(self.device)
 
     def _predict(self, items: List[Item], results: List[Optional[Result]]) -> Dict[int, Dict[str, Any]]:
         by_shape: Dict[Any, List[Item]] = {}
@@ -392,7 +403,8 @@ class ExplainService:
             choice = params["baselines"] if params["baselines"] is not None else self.baselines.default
             baseline_used = choice
             echo["baselines"] = choice
-            kw["baselines"] = self.baselines.resolve(choice, x, spec.distribution)
+            b = self.baselines.resolve(choice, x.cpu(), spec.distribution)  # baselines live on the CPU
+            kw["baselines"] = b.to(x.device) if isinstance(b, Tensor) else b
         name = spec.name
         per_example = x[0].numel()
         limits = self.cfg["explain"]["limits"]

@@ -4,6 +4,7 @@ Fields (all optional except ``kind``)::
 
     kind: image | tabular | text
     model: {class: "pkg.module:Class" or a class of the archived model file, kwargs: {...}}
+           # file: the archived model file (a plain file name in the archive, as is input.text.vocab)
            # absent: the serialized file is TorchScript
     labels: [..]                      # class names; default "0", "1", ...
     output: logits | probabilities    # what the model returns (default logits)
@@ -22,6 +23,7 @@ Fields (all optional except ``kind``)::
       methods: [names] or {name: {max_n_steps: ..}}   # allowed methods (default: all that fit the kind)
       limits: {max_n_steps: 256, max_n_samples: 500, max_nt_samples: 64, max_stdevs: 10, max_evaluations: 8192}
       max_response_bytes: 6553500     # also capped by the server's max_response_size
+      warmup_seconds: 30              # load-time budget for warming every allowed method once
       layer: conv2                    # module name for layer methods
       baseline: zeros                 # default named baseline
       baselines: {name: {type: zeros | constant | mean | kmeans | blur | uniform | pad, ...}}

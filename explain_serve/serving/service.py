@@ -148,8 +148,9 @@ class ExplainService:
     def _warm_up(self) -> None:
         """One explanation per allowed method at load (the default method first), with default parameters.
 
-        A method's first call pays one-off costs (autograd and allocator set-up, hook paths; measured
-        up to 50x its steady time), which would otherwise land on the first request that asks for it.
+        A method's first call can pay one-off costs (autograd and allocator set-up, hook paths; issue
+        #14 saw 400 ms for a first DeepLift against 7-11 ms after), which would otherwise land on the
+        first request that asks for it.
         The loop stops (after the default method) once ``warmup_seconds`` (config ``explain.warmup_seconds``, env
         ``EXPLAIN_SERVE_WARMUP_SECONDS``; default 30) are spent; ``self.warmup_ms`` records each method's
         cost and the log names any method left cold.

@@ -241,9 +241,9 @@ def test_live_server_refuses_model_control_and_keeps_tokens_out_of_logs(served, 
     assert code in (400, 403, 405), (code, body)  # model API control off: no registering archives by URL
     wrong = "not-the-token-1234567890"
     code, body = _status(f"{served['endpoints']['inference']}/predictions/cancer", "POST", wrong)
-    assert code == 401 and wrong not in body
+    assert code in (400, 401) and wrong not in body  # TorchServe answers a wrong token with 400
     code, body = _status(f"{mgmt}/models", token=wrong)
-    assert code == 401 and wrong not in body
+    assert code in (400, 401) and wrong not in body  # TorchServe answers a wrong token with 400
     assert client.explain("cancer", {"inputs": [0.0] * 30, "target": 7})[0] == 400
     logs = [p for p in Path(served["logs"]).rglob("*") if p.is_file()]
     assert logs

@@ -167,8 +167,7 @@ def test_explanation_slower_than_the_response_timeout(fault_server, fault_store)
     client, model = fault_server["client"], fault_store["model"]
     pid = _ready_pid(fault_server)
     status, body = client.predict("faulty", {"inputs": [9.0, TIMEOUT_S + 3.0, 0.0, 0.0]})
-    assert status >= 500 or status == 408, (status, body)
-    assert isinstance(body, dict) and body.get("message"), body  # TorchServe's JSON error, with a message
+    assert status == 500 and isinstance(body, dict) and body.get("message") == "Worker died.", (status, body)
     _new_worker(fault_server, pid)  # the frontend replaced the stuck worker
     x = [1.0, 2.0, 3.0, 4.0]
     _check_answer(model, x, *client.explain("faulty", {"inputs": x}))
@@ -186,7 +185,7 @@ def test_worker_killed_during_a_batch(fault_server, fault_store):
     failed = [(s, b) for s, b in answers if s != 200]
     assert failed, "the kill landed after the batch"
     for status, body in failed:
-        assert status >= 500 and isinstance(body, dict) and body.get("message"), (status, body)
+        assert status in (500, 503, 507) and isinstance(body, dict) and body.get("message"), (status, body)
     _new_worker(fault_server, pid)  # back, with a new process
     xs = [[float(i % 5), 0.1 * i, -1.0, 2.0] for i in range(16)]
     with ThreadPoolExecutor(8) as pool:  # nothing is answered for the wrong request

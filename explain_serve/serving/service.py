@@ -150,10 +150,10 @@ class ExplainService:
 
         A method's first call can pay one-off costs (autograd and allocator set-up, hook paths; issue
         #14 saw 400 ms for a first DeepLift against 7-11 ms after), which would otherwise land on the
-        first request that asks for it.
-        The loop stops (after the default method) once ``warmup_seconds`` (config ``explain.warmup_seconds``, env
-        ``EXPLAIN_SERVE_WARMUP_SECONDS``; default 30) are spent; ``self.warmup_ms`` records each method's
-        cost and the log names any method left cold.
+        first request that asks for it. The loop stops (after the default method) once
+        ``warmup_seconds`` are spent (config ``explain.warmup_seconds``, env
+        ``EXPLAIN_SERVE_WARMUP_SECONDS``; default 30); ``self.warmup_ms`` records each method's cost
+        and the log names any method left cold.
         """
         if self.kind == "text":
             inputs: Any = [int(self.cfg["input"]["text"]["unk_id"])]

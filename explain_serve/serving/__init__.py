@@ -8,6 +8,7 @@
 - ``encode``: compact JSON, heat map PNGs, response-size estimates.
 - ``archive``: packing a model and its explain config into a .mar.
 - ``server``: starting and stopping a TorchServe process (config.properties, ports, token file).
+- ``soak``: many mixed requests against a running server, each answer checked against the in-process one.
 
 Nothing here imports Captum; the attribution core is ``explain_serve.attr``.
 """

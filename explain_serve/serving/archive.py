@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import logging
 import shutil
 import subprocess
@@ -20,13 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import handlers
 from .baselines import PRECOMPUTED_NAME, precompute
-from .config import CONFIG_NAME, ConfigError, load_file, normalize
+from .config import CONFIG_NAME, ConfigError, archive_file, check_paths, load_file, normalize
 
 logger = logging.getLogger(__name__)
-HANDLERS_DIR = Path(__file__).resolve().parents[2] / "handlers"
-HANDLERS = {"image": "image_handler.py", "tabular": "tabular_handler.py", "text": "text_handler.py",
-            "causal_lm": "causal_lm_handler.py"}
 
 
 def _single_module_class(path: Path) -> str:
@@ -86,7 +83,12 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
     from .service import ExplainService
 
     model, model_store = Path(model), Path(model_store)
+    for flag, given in (("--model", model), ("--config", config), ("--reference-data", reference_data),
+                        ("--weights", weights), *(("--extra-files", p) for p in extra_files)):
+        if given is not None and not (Path(given).is_file() or (flag == "--model" and Path(given).is_dir())):
+            raise ConfigError(f"{flag} {given}: no such file" + (" or Hugging Face model directory" if flag == "--model" else ""))
     raw: Dict[str, Any] = load_file(config) if config else {}
+    check_paths(raw)  # before anything is read or run: no file from outside the archive
     if raw.get("kind", kind) != kind:
         raise ConfigError(f"--kind {kind} but the config says kind: {raw.get('kind')}")
     raw["kind"] = kind
@@ -103,7 +105,8 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
         elif model.suffix == ".py":
             if weights is None:
                 raise ConfigError("an eager model file needs --weights (a state dict saved with torch.save)")
-            raw["model"].setdefault("class", _single_module_class(model))
+            if not raw["model"].get("class"):  # the probe runs the file: only when the config names no class
+                raw["model"]["class"] = _single_module_class(model)
             raw["model"]["file"] = model.name
             shutil.copy(model, stage / model.name)
             shutil.copy(weights, stage / "weights.pt")
@@ -133,7 +136,7 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
         if kind == "text":
             vocab = (raw.get("input", {}).get("text") or {}).get("vocab")
             if vocab and config is not None and (Path(config).parent / vocab).is_file():
-                extras.append(Path(config).parent / vocab)
+                extras.append(archive_file(Path(config).parent, vocab, "input.text.vocab"))
         if kind == "causal_lm":
             from .causal_lm import normalize_config
 
@@ -154,10 +157,10 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
                 shutil.copy(e, stage / e.name)
         if runtime == "onnx":  # ONNX Runtime predictions and compiled explainers (explain_serve.export)
             from ..export.serving import build_archive_files
-            from .service import load_model
+            from .service import load_model, load_vocab
 
             vocab = (cfg["input"].get("text") or {}).get("vocab") if kind == "text" else None
-            vocab_size = len(json.loads((stage / vocab).read_text())) if vocab else None
+            vocab_size = len(load_vocab(stage, vocab)) if vocab else None
             onnx_model = load_model(stage, cfg, stage / serialized, model_file)
             extras += build_archive_files(stage, onnx_model, cfg, reference, vocab_size)
         elif runtime != "torch":
@@ -166,7 +169,7 @@ def archive(name: str, model: Path, kind: str, model_store: Path, config: Option
         if kind == "causal_lm":
             from .causal_lm import CausalLMService as service_class
         service_class(stage, serialized, name, version, model_file, kind).close()  # fails here, not in the server
-        handler = Path(handler) if handler else HANDLERS_DIR / HANDLERS[kind]
+        handler = Path(handler) if handler else handlers.path(kind)
         model_store.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", name, "--version", version,
                "--serialized-file", str(stage / serialized), "--handler", str(handler),

@@ -154,7 +154,9 @@ class CausalLMService(TorchServeEntry):
     kind = KIND
 
     def __init__(self, model_dir: os.PathLike, serialized_file: Optional[str] = None, model_name: str = "model",
-                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None) -> None:
+                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None,
+                 device: Any = "cpu") -> None:
+        # ``device`` (TorchServe's gpu_id) is accepted for the shared entry; causal LMs run on the CPU for now
         from .hf import embedding_name, load_causal_lm
         from .tokenization import HFTokenizer
 

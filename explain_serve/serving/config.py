@@ -4,6 +4,7 @@ Fields (all optional except ``kind``)::
 
     kind: image | tabular | text
     model: {class: "pkg.module:Class" or a class of the archived model file, kwargs: {...}}
+           # file: the archived model file (a plain file name in the archive, as is input.text.vocab)
            # absent: the serialized file is TorchScript
     labels: [..]                      # class names; default "0", "1", ...
     output: logits | probabilities    # what the model returns (default logits)
@@ -23,6 +24,7 @@ Fields (all optional except ``kind``)::
       methods: [names] or {name: {max_n_steps: ..}}   # allowed methods (default: all that fit the kind)
       limits: {max_n_steps: 256, max_n_samples: 500, max_nt_samples: 64, max_stdevs: 10, max_evaluations: 8192}
       max_response_bytes: 6553500     # also capped by the server's max_response_size
+      warmup_seconds: 30              # load-time budget for warming every allowed method once
       layer: conv2                    # module name for layer methods
       baseline: zeros                 # default named baseline
       baselines: {name: {type: zeros | constant | mean | kmeans | blur | uniform | pad, ...}}
@@ -30,7 +32,7 @@ Fields (all optional except ``kind``)::
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional
 
 from .errors import ServeError
@@ -54,6 +56,38 @@ def load_file(path: Path) -> Dict[str, Any]:
     return data
 
 
+def check_file_name(name: Any, field: str) -> str:
+    """``name`` as a file of the archive: a plain file name, nothing that could point outside it.
+
+    An archive's files sit side by side in one folder; ``..``, absolute paths and sub-folders are
+    refused so that a config can never make ``archive`` or a worker read or execute another file.
+    """
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise ConfigError(f"{field} must be a file name inside the archive, got {name!r}")
+    if PurePosixPath(name.replace("\\", "/")).name != name or name in (".", ".."):
+        raise ConfigError(f"{field} must be a plain file name inside the archive (no folders, '..' or absolute "
+                          f"paths), got {name!r}; pack the file with --extra-files and name it as FILE.ext")
+    return name
+
+
+def archive_file(model_dir: Path, name: Any, field: str) -> Path:
+    """The path of the archive's file ``name`` in ``model_dir``; refuses names or links that leave it."""
+    path = Path(model_dir) / check_file_name(name, field)
+    if not path.resolve().is_relative_to(Path(model_dir).resolve()):
+        raise ConfigError(f"{field}: {name!r} links outside the archive; pack the file itself")
+    return path
+
+
+def check_paths(raw: Dict[str, Any]) -> None:
+    """Refuse file names in a raw config that could leave the archive (model.file, input.text.vocab)."""
+    model = raw.get("model") or {}
+    if isinstance(model, dict) and model.get("file") is not None:
+        check_file_name(model["file"], "model.file")
+    text = (raw.get("input") or {}).get("text") if isinstance(raw.get("input"), dict) else None
+    if isinstance(text, dict) and text.get("vocab") is not None:
+        check_file_name(text["vocab"], "input.text.vocab")
+
+
 def default_baselines(kind: str, has_reference: bool) -> Dict[str, Dict[str, Any]]:
     if kind == "text":
         return {"pad": {"type": "pad"}}
@@ -70,6 +104,7 @@ def default_baselines(kind: str, has_reference: bool) -> Dict[str, Dict[str, Any
 def normalize(raw: Dict[str, Any], has_reference: bool = False, torchscript: bool = False) -> Dict[str, Any]:
     """Fill defaults and check the config; raises ConfigError saying what is wrong."""
     cfg = copy.deepcopy(raw)
+    check_paths(cfg)
     kind = cfg.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"config 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")

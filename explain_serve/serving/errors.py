@@ -31,3 +31,8 @@ def bad(message: str, field: Optional[str] = None) -> ServeError:
 
 def too_large(message: str, field: Optional[str] = None) -> ServeError:
     return ServeError(message, 413, field)
+
+
+def model_failed(what: str, exc: BaseException) -> ServeError:
+    """A 500 for an input that passed validation but the model or method raised on: names the cause."""
+    return ServeError(f"{what} raised {type(exc).__name__} on this input: {str(exc)[:300]}", 500)

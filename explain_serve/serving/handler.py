@@ -1,4 +1,4 @@
-"""The TorchServe handler body shared by the handler modules in ``handlers/``.
+"""The TorchServe handler body shared by the handler entry files in ``explain_serve/handlers/``.
 
 TorchServe loads the one class *defined* in a handler module (imported classes do not count), so
 each module there subclasses ``ExplainHandlerBase`` and names its input kind; the logic is
@@ -6,11 +6,15 @@ each module there subclasses ``ExplainHandlerBase`` and names its input kind; th
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from ts.torch_handler.base_handler import BaseHandler
 
+from .server import load_failed_line
 from .service import ExplainService
+
+logger = logging.getLogger(__name__)
 
 
 class ExplainHandlerBase(BaseHandler):
@@ -21,7 +25,12 @@ class ExplainHandlerBase(BaseHandler):
         from ..export.serving import install  # ONNX Runtime artifacts, when the archive has them
 
         self.context = context
-        self.service = self.service_class.from_context(context, kind=self.kind)
+        try:
+            self.service = self.service_class.from_context(context, kind=self.kind)
+        except Exception as exc:  # one greppable line with the cause (server.load_error reads it), then die
+            name = getattr(context, "model_name", None) or (context.manifest or {}).get("model", {}).get("modelName")
+            logger.error(load_failed_line(str(name), exc))
+            raise
         self.model = self.service.model
         install(self.service)
         self.initialized = True

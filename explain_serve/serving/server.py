@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -186,8 +187,10 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
           ports: Optional[Dict[str, int]] = None, token: bool = True, batch_size: int = 1,
           max_batch_delay: int = DEFAULT_MAX_BATCH_DELAY, max_response_size: int = DEFAULT_MAX_RESPONSE,
           max_request_size: int = DEFAULT_MAX_REQUEST, per_model: Optional[Dict[str, Dict[str, Any]]] = None,
-          torch_threads: Optional[int] = None, quiet_logs: bool = True, timeout: float = 240.0) -> Dict[str, Any]:
-    """Start TorchServe, wait for READY workers, and return (and record) what a client needs."""
+          torch_threads: Optional[int] = None, quiet_logs: bool = True, timeout: float = 240.0,
+          wait_for: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Start TorchServe, wait for READY workers (of ``wait_for``, default every model), and return (and
+    record) what a client needs. A model whose worker fails to load stops the wait with its error."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise RuntimeError("TorchServe needs Java 17+: install a JDK or set JAVA_HOME")
     workdir, model_store = Path(workdir).resolve(), Path(model_store).resolve()
@@ -213,6 +216,7 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
     for name, port in ports.items():
         if port_in_use(host, port):
             raise RuntimeError(f"{name} port {port} on {host} is in use; choose another")
+    log_start = (logs / "model_log.log").stat().st_size if (logs / "model_log.log").is_file() else 0
     cfg = write_config(workdir, model_store, models, host, ports, token, batch_size, max_batch_delay,
                        max_response_size, max_request_size, per_model)
     env = dict(os.environ)
@@ -247,22 +251,50 @@ def start(model_store: Path, models: Sequence[str], workdir: Path, host: str = "
     state.write_text(json.dumps(info, indent=2))
     try:
         keys = read_token(workdir / "key_file.json", timeout=timeout) if token else {}
-        _wait_ready(info, keys.get("management"), time.time() + timeout)
+        _wait_ready(info, keys.get("management"), time.time() + timeout, wait_for, log_start)
     except BaseException:
         stop(workdir)
         raise
     return info
 
 
-def _wait_ready(info: Dict[str, Any], token: Optional[str], deadline: float) -> None:
-    """Poll the management API until every model reports a READY worker (``/ping`` is too early)."""
+LOAD_FAILED = "explain-serve: model {name} failed to load: "
+
+
+def load_failed_line(name: str, exc: BaseException) -> str:
+    """The one log line a worker writes when its model cannot load (the handler writes it)."""
+    cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return LOAD_FAILED.format(name=name) + cause[:1000]
+
+
+def load_error(logs: Path, model: str, since: int = 0) -> Optional[str]:
+    """The cause of the last failed load of ``model`` in logs/model_log.log (from byte ``since``), or None."""
+    path = Path(logs) / "model_log.log"
+    if not path.is_file():
+        return None
+    marker = LOAD_FAILED.format(name=model)
+    found = None
+    with open(path, "rb") as f:
+        f.seek(since)
+        for line in f.read().decode(errors="replace").splitlines():
+            if marker in line:
+                found = line.split(marker, 1)[1].strip()
+    return found
+
+
+def _wait_ready(info: Dict[str, Any], token: Optional[str], deadline: float,
+                models: Optional[Sequence[str]] = None, since: int = 0) -> None:
+    """Poll the management API until each model reports a READY worker (``/ping`` is too early)."""
     base = info["endpoints"]["management"]
-    pending = list(dict.fromkeys(info["models"]))
+    pending = list(dict.fromkeys(info["models"] if models is None else models))
     versions = {name: info["models"].count(name) for name in pending}  # one name may serve several versions
     while pending:
         if not pid_alive(info["pid"]):
             raise RuntimeError(f"TorchServe exited while loading (see {info['logs']}/ts_log.log)")
         name = pending[0]
+        error = load_error(Path(info["logs"]), name, since)
+        if error:
+            raise RuntimeError(f"model {name} failed to load: {error} (see {info['logs']}/model_log.log)")
         try:
             desc = _get(f"{base}/models/{name}/all", token) or []
             if len(desc) >= versions[name] and all(any(w.get("status") == "READY" for w in d.get("workers", []))

@@ -30,15 +30,24 @@ from torch import Tensor, nn
 
 from . import encode
 from .baselines import PRECOMPUTED_NAME, Baselines
-from .config import CONFIG_NAME, ConfigError, labels, load_file, max_response_bytes, normalize
-from .errors import ServeError, bad, too_large
+from .config import CONFIG_NAME, ConfigError, archive_file, labels, load_file, max_response_bytes, normalize
+from .errors import ServeError, bad, model_failed, too_large
 from .methods import METHODS, MethodSpec, build, occlusion_windows, resolve_class, seeded
 from .requests import Item, Parser, is_true, read_body
 
 logger = logging.getLogger(__name__)
 MAX_RESPONSE_ENV = "EXPLAIN_SERVE_MAX_RESPONSE_SIZE"
 THREADS_ENV = "EXPLAIN_SERVE_TORCH_THREADS"
+WARMUP_ENV = "EXPLAIN_SERVE_WARMUP_SECONDS"
 Result = Tuple[int, str]
+
+
+def device_from_context(properties: Dict[str, Any]) -> torch.device:
+    """The worker's device: TorchServe's ``gpu_id`` when CUDA is available, else the CPU."""
+    gpu_id = (properties or {}).get("gpu_id")
+    if gpu_id is not None and str(gpu_id).strip() not in ("", "-1") and torch.cuda.is_available():
+        return torch.device("cuda", int(gpu_id))
+    return torch.device("cpu")
 
 
 def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path], model_file: Optional[str]) -> nn.Module:
@@ -56,8 +65,10 @@ def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path],
     if ":" in cls_path:
         module_name, cls_name = cls_path.split(":", 1)
         cls = getattr(importlib.import_module(module_name), cls_name)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ConfigError(f"model.class {cls_path!r} is not an nn.Module class")
     else:
-        file = model_dir / (spec.get("file") or model_file or "")
+        file = archive_file(model_dir, spec.get("file") or model_file or "", "model.file")
         if not file.is_file():
             raise ConfigError(f"model class {cls_path!r} needs the model file (got {file})")
         mod_name = "explain_serve_user_model_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
@@ -67,23 +78,41 @@ def load_model(model_dir: Path, cfg: Dict[str, Any], serialized: Optional[Path],
         cls = getattr(module, cls_path)
     model = cls(**(spec.get("kwargs") or {}))
     if serialized is not None:
-        state = torch.load(str(serialized), map_location="cpu", weights_only=True)
+        try:  # weights only: a state dict can never run code when it loads
+            state = torch.load(str(serialized), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"{Path(serialized).name} is not a readable state dict (loaded with "
+                              f"weights_only=True): {type(exc).__name__}: {str(exc)[:300]}") from exc
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         model.load_state_dict(state)
     return model.eval()
 
 
+def load_vocab(model_dir: Path, name: str) -> List[str]:
+    """The archive's vocabulary file: a JSON list of token strings (ConfigError naming the file otherwise)."""
+    path = archive_file(model_dir, name, "input.text.vocab")
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"input.text.vocab {name!r}: cannot read {path.name} as a JSON list of tokens "
+                          f"({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(vocab, list) or not vocab or not all(isinstance(t, str) for t in vocab):
+        raise ConfigError(f"input.text.vocab {name!r}: {path.name} must be a non-empty JSON list of token strings")
+    return vocab
+
+
 class TorchServeEntry:
     """What TorchServe calls on a service: built from the worker context, one answer per request.
 
     A service subclass implements ``__init__(model_dir, serialized_file, model_name, version,
-    model_file, kind)`` and ``handle(rows, explain_flags, content_types) -> [(status, json)]``.
+    model_file, kind, device)`` and ``handle(rows, explain_flags, content_types) -> [(status, json)]``.
     """
 
     @classmethod
     def from_context(cls, context, kind: Optional[str] = None) -> "TorchServeEntry":
-        """Build from a TorchServe worker context (model_dir and manifest).
+        """Build from a TorchServe worker context (model_dir, manifest and gpu_id: the model and its
+        explanations run on that GPU when CUDA is available, on the CPU otherwise).
 
         A worker serves one model on a machine shared with the frontend and other workers: its
         intra-op threads default to 1 (``EXPLAIN_SERVE_TORCH_THREADS`` or the config's
@@ -95,7 +124,7 @@ class TorchServeEntry:
         model = manifest.get("model", {})
         return cls(context.system_properties.get("model_dir"), model.get("serializedFile"),
                    model.get("modelName", getattr(context, "model_name", "model")), model.get("modelVersion", "1.0"),
-                   model.get("modelFile"), kind)
+                   model.get("modelFile"), kind, device_from_context(context.system_properties))
 
     def handle_context(self, data: List[Dict[str, Any]], context) -> List[str]:
         """Read per-index explain flags and content types from ``context``; set per-index statuses."""
@@ -123,8 +152,10 @@ class ExplainService(TorchServeEntry):
     """Predictions and explanations for one model; see the module docstring."""
 
     def __init__(self, model_dir: os.PathLike, serialized_file: Optional[str] = None, model_name: str = "model",
-                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None) -> None:
+                 version: str = "1.0", model_file: Optional[str] = None, kind: Optional[str] = None,
+                 device: Any = "cpu") -> None:
         self.model_dir = Path(model_dir)
+        self.device = torch.device(device)
         self.model_name, self.version = model_name, str(version)
         serialized = self.model_dir / serialized_file if serialized_file else None
         raw = load_file(self.model_dir / CONFIG_NAME)
@@ -136,7 +167,7 @@ class ExplainService(TorchServeEntry):
         torchscript = not any((raw.get("model") or {}).get(k) for k in ("class", "huggingface"))
         self.cfg = normalize(raw, has_reference=bool(precomputed), torchscript=torchscript)
         self.kind = self.cfg["kind"]
-        self.model = load_model(self.model_dir, self.cfg, serialized, model_file)
+        self.model = load_model(self.model_dir, self.cfg, serialized, model_file).to(self.device)
         self.tokenizer = self._tokenizer() if self.kind == "text" else None
         self.baselines = Baselines(self.cfg, precomputed)
         if self.tokenizer is not None:  # the pad baseline keeps [CLS], [SEP], ... where they are
@@ -171,18 +202,42 @@ class ExplainService(TorchServeEntry):
         txt = self.cfg["input"]["text"]
         if txt.get("tokenizer") == "huggingface":
             return HFTokenizer(self.model_dir, add_special_tokens=True)
-        vocab = json.loads((self.model_dir / txt["vocab"]).read_text())
-        return WordTokenizer(vocab, txt["unk_id"], txt.get("lowercase", True))
+        return WordTokenizer(load_vocab(self.model_dir, txt["vocab"]), txt["unk_id"], txt.get("lowercase", True))
 
     def _warm_up(self) -> None:
-        """One default explanation at load, so the first request does not pay one-off costs."""
+        """One explanation per allowed method at load (the default method first), with default parameters.
+
+        A method's first call can pay one-off costs (autograd and allocator set-up, hook paths; issue
+        #14 saw 400 ms for a first DeepLift against 7-11 ms after), which would otherwise land on the
+        first request that asks for it. The loop stops (after the default method) once
+        ``warmup_seconds`` are spent (config ``explain.warmup_seconds``, env
+        ``EXPLAIN_SERVE_WARMUP_SECONDS``; default 30); ``self.warmup_ms`` records each method's cost
+        and the log names any method left cold.
+        """
         if self.kind == "text":
-            inputs = [int(self.cfg["input"]["text"]["unk_id"])]
+            inputs: Any = [int(self.cfg["input"]["text"]["unk_id"])]
         else:
             inputs = torch.zeros(*self.cfg["input"]["shape"]).tolist()
-        (status, text), = self.handle([{"body": {"inputs": inputs}}], [True])
-        if status != 200:
-            logger.warning("model %s: warm-up explanation answered %d: %s", self.model_name, status, text)
+        budget = float(os.environ.get(WARMUP_ENV) or self.cfg["explain"].get("warmup_seconds", 30))
+        default = self.cfg["explain"]["default_method"]
+        names = [default] + [n for n in self.methods if n != default]
+        bodies = [(n, {"inputs": inputs, "method": n}) for n in names if n in self.methods]
+        bodies += [(f"noise_tunnel/{b}", {"inputs": inputs, "method": "noise_tunnel", "params": {"base": b}})
+                   for b in self.methods.get("noise_tunnel", {}) if b != METHODS["noise_tunnel"].param("base").default]
+        self.warmup_ms: Dict[str, float] = {}
+        start = time.perf_counter()
+        for i, (name, body) in enumerate(bodies):
+            if i and time.perf_counter() - start > budget:
+                logger.warning("model %s: warm-up budget of %.0f s spent; not warmed: %s", self.model_name, budget,
+                               ", ".join(n for n, _ in bodies if n not in self.warmup_ms))
+                break
+            t0 = time.perf_counter()
+            (status, text), = self.handle([{"body": body}], [True])
+            self.warmup_ms[name] = round((time.perf_counter() - t0) * 1000, 1)
+            if status != 200:
+                logger.warning("model %s: warm-up of %s answered %d: %s", self.model_name, name, status, text[:300])
+        logger.info("model %s: warmed %d methods in %.0f ms", self.model_name, len(self.warmup_ms),
+                    (time.perf_counter() - start) * 1000)
 
     def close(self) -> None:
         """Remove the hooks registered at load."""
@@ -198,10 +253,11 @@ class ExplainService(TorchServeEntry):
         else:
             x = torch.zeros(1, *shape)
         with torch.no_grad():
-            out = self.model(x)
+            out = self.model(x.to(self.device))
         if not isinstance(out, Tensor) or out.dim() != 2:
             raise ConfigError(f"the model must return (batch, classes); got {getattr(out, 'shape', type(out))}")
         return int(out.shape[1])
+
 
     # -- the batch -------------------------------------------------------------------------------
     def handle(self, rows: Sequence[Any], explain: Sequence[bool], content_types: Optional[Sequence[Optional[str]]] = None) -> List[Result]:
@@ -248,8 +304,8 @@ class ExplainService(TorchServeEntry):
         if self.kind == "text":
             width = max(m.x.shape[0] for m in members)
             pad = int(self.cfg["input"]["text"]["pad_id"])
-            return torch.stack([F.pad(m.x, (0, width - m.x.shape[0]), value=pad) for m in members])
-        return torch.stack([m.x for m in members])
+            return torch.stack([F.pad(m.x, (0, width - m.x.shape[0]), value=pad) for m in members]).to(self.device)
+        return torch.stack([m.x for m in members]).to(self.device)
 
     def _predict(self, items: List[Item], results: List[Optional[Result]]) -> Dict[int, Dict[str, Any]]:
         by_shape: Dict[Any, List[Item]] = {}
@@ -259,10 +315,10 @@ class ExplainService(TorchServeEntry):
         for members in by_shape.values():
             try:
                 probs = self._probabilities(self._batch(members))
-            except Exception:  # find the item(s) the model cannot run on
-                if len(members) == 1:
+            except Exception as exc:  # find the item(s) the model cannot run on
+                if len(members) == 1:  # the input passed validation: the model itself failed (500, with the cause)
                     logger.exception("forward failed")
-                    results[members[0].index] = (400, bad("the model could not run on this input; check its shape and values", "inputs").to_json())
+                    results[members[0].index] = (500, model_failed("the model", exc).to_json())
                     continue
                 for m in members:
                     out.update(self._predict([m], results))
@@ -316,7 +372,7 @@ class ExplainService(TorchServeEntry):
                     self._explain_group([m], predictions, results)
                 return
             logger.exception("explanation failed")
-            err = bad(f"{members[0].method} failed on this input: {exc}")
+            err = model_failed(members[0].method, exc)
             results[members[0].index] = (err.code, err.to_json())
             return
         for m, ans in zip(members, answers):
@@ -371,7 +427,8 @@ class ExplainService(TorchServeEntry):
             choice = params["baselines"] if params["baselines"] is not None else self.baselines.default
             baseline_used = choice
             echo["baselines"] = choice
-            kw["baselines"] = self.baselines.resolve(choice, x, spec.distribution)
+            b = self.baselines.resolve(choice, x.cpu(), spec.distribution)  # baselines live on the CPU
+            kw["baselines"] = b.to(x.device) if isinstance(b, Tensor) else b
         name = spec.name
         per_example = x[0].numel()
         limits = self.cfg["explain"]["limits"]

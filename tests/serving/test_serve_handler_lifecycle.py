@@ -15,6 +15,8 @@ import psutil
 import pytest
 import torch
 
+from explain_serve import handlers
+
 pytestmark = pytest.mark.serving
 
 
@@ -149,7 +151,7 @@ def test_generic_handler_takes_the_kind_from_the_config(store, reference, tmp_pa
     model_dir = tmp_path / "cancer"
     with zipfile.ZipFile(store / "cancer.mar") as z:
         z.extractall(model_dir)
-    shutil.copy(Path(__file__).resolve().parents[2] / "handlers" / "explain_handler.py", model_dir)
+    shutil.copy(handlers.path(None), model_dir)
     sys.path.insert(0, str(model_dir))
     try:
         metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))

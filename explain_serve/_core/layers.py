@@ -19,6 +19,7 @@ from .gradients import check_scalar_per_example
 from .hooks import HookSession
 from .inputs import run_forward
 from .targets import TargetType
+from .errors import AttributionArgumentError
 
 
 class StopForward(BaseException):
@@ -53,7 +54,7 @@ def tap(session: HookSession, layer: nn.Module, to_input: bool) -> Any:
             return None
         if plan.values is not None:
             if len(plan.values) != len(current):
-                raise ValueError(f"layer has {len(current)} tensors, got {len(plan.values)} values to substitute")
+                raise AttributionArgumentError(f"layer has {len(current)} tensors, got {len(plan.values)} values to substitute")
             plan.seen.append(plan.values)
             return plan.values
         if plan.stop:
@@ -224,11 +225,11 @@ def select_neuron(tensors: Tuple[Tensor, ...], selector) -> Tensor:
     if callable(selector):
         return selector(tensors if len(tensors) > 1 else tensors[0])
     if len(tensors) != 1:
-        raise ValueError("cannot index a neuron in a layer with several tensors; pass a callable neuron_selector")
+        raise AttributionArgumentError("cannot index a neuron in a layer with several tensors; pass a callable neuron_selector")
     index = (selector,) if isinstance(selector, int) else tuple(selector)
     t = tensors[0]
     if len(index) > t.dim() - 1:
-        raise ValueError(f"neuron_selector {selector} has more indices than the layer's shape {tuple(t.shape[1:])}")
+        raise AttributionArgumentError(f"neuron_selector {selector} has more indices than the layer's shape {tuple(t.shape[1:])}")
     out = t[(slice(None), *index)]
     if any(isinstance(i, slice) for i in index):
         out = out.reshape(out.shape[0], -1).sum(1)

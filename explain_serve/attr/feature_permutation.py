@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 
 from .._core.inputs import as_tuple, format_args, format_output, is_tuple
+from .._core.progress import shows_progress
 from .._core.targets import TargetType
 from .._core.perturbation import check_per_eval, format_masks
 from .feature_ablation import FeatureAblation
+from .._core.errors import AttributionArgumentError
 
 
 def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
@@ -25,7 +27,7 @@ def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
 
 def _random_permutation(n: int, device=None) -> Tensor:
     if n < 2:
-        raise AssertionError("cannot permute features with batch_size = 1")
+        raise AttributionArgumentError("cannot permute features with batch_size = 1")
     perm = torch.randperm(n)
     while bool((perm == torch.arange(n)).all()):
         perm = torch.randperm(n)
@@ -79,6 +81,7 @@ class FeaturePermutation(FeatureAblation):
             out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * b,) + tuple(x.shape[1:])))
         return tuple(out)
 
+    @shows_progress
     def attribute(  # type: ignore[override]
         self,
         inputs,

@@ -15,6 +15,7 @@ from .._core.batching import chunks
 from .._core.inputs import as_tuple, expand_args, format_args, format_baselines, format_output, is_tuple
 from .._core.targets import expand_target
 from ._base import Attribution, GradientAttribution
+from .._core.errors import AttributionArgumentError
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -74,14 +75,14 @@ class NoiseTunnel(Attribution):
         **kwargs,
     ):
         if nt_type not in NT_TYPES:
-            raise ValueError(f"nt_type must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")
+            raise AttributionArgumentError(f"nt_type must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")
         return_delta = bool(kwargs.pop("return_convergence_delta", False))
         if return_delta and not self.is_delta_supported:
-            raise ValueError(f"{type(self.attribution_method).__name__} has no convergence delta")
+            raise AttributionArgumentError(f"{type(self.attribution_method).__name__} has no convergence delta")
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
         stdevs = stdevs if isinstance(stdevs, tuple) else (stdevs,) * len(inputs)
         if len(stdevs) != len(inputs):
-            raise ValueError(f"got {len(stdevs)} stdevs for {len(inputs)} inputs")
+            raise AttributionArgumentError(f"got {len(stdevs)} stdevs for {len(inputs)} inputs")
         bsz = inputs[0].shape[0]
 
         total = total_sq = None

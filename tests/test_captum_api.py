@@ -1,0 +1,134 @@
+"""Captum public behaviours beyond the numbers: show_progress, attribute_future, the argument
+error class, input forms. Captum is the test-only oracle where it defines the answer."""
+import warnings
+
+import pytest
+import torch
+from torch.futures import Future
+
+import explain_serve.attr as esa
+from explain_serve._core.errors import AttributionArgumentError
+
+ca = pytest.importorskip("captum.attr")
+D = torch.float64
+
+
+def _mlp(n_in=4, n_out=3, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(n_in, 5), torch.nn.ReLU(), torch.nn.Linear(5, n_out)).to(D)
+
+
+def _x(shape, seed=1, dtype=D):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# show_progress: name -> (factory(model) -> method, attribute kwargs, bar description)
+# --------------------------------------------------------------------------------------------
+PROGRESS = {
+    "FeatureAblation": (lambda m: esa.FeatureAblation(m), {}, "Feature Ablation attribution"),
+    "FeaturePermutation": (lambda m: esa.FeaturePermutation(m), {}, "Feature Permutation attribution"),
+    "Occlusion": (lambda m: esa.Occlusion(m), {"sliding_window_shapes": (2,)}, "Occlusion attribution"),
+    "ShapleyValueSampling": (lambda m: esa.ShapleyValueSampling(m), {"n_samples": 2}, "Shapley Value Sampling attribution"),
+    "ShapleyValues": (lambda m: esa.ShapleyValues(m), {}, "Shapley Values attribution"),
+    "KernelShap": (lambda m: esa.KernelShap(m), {"n_samples": 20}, "Kernel Shap attribution"),
+    "Lime": (lambda m: esa.Lime(m), {"n_samples": 20}, "Lime attribution"),
+    "LayerFeatureAblation": (lambda m: esa.LayerFeatureAblation(m, m[0]), {}, "Layer Feature Ablation attribution"),
+    "LayerFeaturePermutation": (lambda m: esa.LayerFeaturePermutation(m, m[0]), {}, "Layer Feature Permutation attribution"),
+    "NeuronFeatureAblation": (lambda m: esa.NeuronFeatureAblation(m, m[0]), {"neuron_selector": 1}, "Neuron Feature Ablation attribution"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROGRESS))
+def test_show_progress_draws_a_finished_bar_only_when_asked(name, capsys):
+    make, kw, desc = PROGRESS[name]
+    model, x = _mlp(), _x((3, 4))
+    target = {} if name.startswith("Neuron") else {"target": 1}
+    quiet = make(model).attribute(x, **target, **kw)
+    assert capsys.readouterr().err == ""
+    torch.manual_seed(0)
+    shown = make(model).attribute(x, **target, **kw, show_progress=True)
+    err = capsys.readouterr().err
+    assert f"{desc}: 100%" in err, err
+    assert err.count(desc + ":") >= 1 and "Feature Ablation attribution" not in err.replace(desc, "")
+    if "Permutation" not in name and "Sampling" not in name and name not in ("KernelShap", "Lime"):
+        torch.testing.assert_close(quiet, shown)
+
+
+def test_progress_bar_text_matches_captum(capsys):
+    model, x = _mlp(), _x((3, 4))
+    ca.FeatureAblation(model).attribute(x, target=0, show_progress=True)
+    theirs = capsys.readouterr().err
+    esa.FeatureAblation(model).attribute(x, target=0, show_progress=True)
+    ours = capsys.readouterr().err
+    assert "Feature Ablation attribution: 100%" in theirs and "Feature Ablation attribution: 100%" in ours
+
+
+# --------------------------------------------------------------------------------------------
+# attribute_future
+# --------------------------------------------------------------------------------------------
+def _future_forward(model):
+    def forward(*args):
+        fut = Future()
+        fut.set_result(model(*args))
+        return fut
+
+    return forward
+
+
+FUTURE = {
+    "FeatureAblation": ({"feature_mask": torch.tensor([[0, 0, 1, 2]]), "baselines": 0.5}, False),
+    "FeaturePermutation": ({"feature_mask": torch.tensor([[0, 1, 1, 2]])}, True),
+    "ShapleyValueSampling": ({"n_samples": 3, "feature_mask": torch.tensor([[0, 0, 1, 2]])}, True),
+    "ShapleyValues": ({"feature_mask": torch.tensor([[0, 0, 1, 2]])}, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUTURE))
+def test_attribute_future_equals_attribute_and_captum(name):
+    kw, seeded = FUTURE[name]
+    model, x = _mlp(), _x((3, 4))
+    torch.manual_seed(5)
+    plain = getattr(esa, name)(model).attribute(x, target=2, **kw)
+    torch.manual_seed(5)
+    fut = getattr(esa, name)(_future_forward(model)).attribute_future(x, target=2, **kw)
+    assert isinstance(fut, Future)
+    torch.testing.assert_close(fut.wait(), plain)
+    if not seeded:
+        theirs = getattr(ca, name)(_future_forward(model)).attribute_future(x, target=2, **kw).wait()
+        torch.testing.assert_close(fut.wait(), theirs.to(D))  # ours keeps float64 (README)
+
+
+NOT_IMPLEMENTED = ["Saliency", "IntegratedGradients", "InputXGradient", "DeepLift", "GradientShap",
+                   "GuidedBackprop", "Lime", "KernelShap", "LRP", "Occlusion", "NoiseTunnel"]
+
+
+@pytest.mark.parametrize("name", NOT_IMPLEMENTED)
+def test_attribute_future_not_implemented_where_captum_raises(name):
+    model = _mlp()
+    arg = esa.Saliency(model) if name == "NoiseTunnel" else model
+    with pytest.raises(NotImplementedError, match="attribute_future is not implemented"):
+        getattr(esa, name)(arg).attribute_future()
+    with pytest.raises(NotImplementedError):
+        getattr(ca, name)(ca.Saliency(model) if name == "NoiseTunnel" else model).attribute_future()
+
+
+def test_wrong_use_of_futures_raises_captums_assertion():
+    model, x = _mlp(), _x((3, 4))
+    with pytest.raises(AssertionError, match="attribute_future"):
+        esa.FeatureAblation(_future_forward(model)).attribute(x, target=0)
+    with pytest.raises(AssertionError, match="Future"):
+        esa.FeatureAblation(model).attribute_future(x, target=0)
+    with pytest.raises(AssertionError):  # Captum raises the same kind
+        ca.FeatureAblation(model).attribute_future(x, target=0)
+
+
+def test_forward_future_error_is_delivered_through_the_future():
+    def failing(*args):
+        fut = Future()
+        fut.set_exception(RuntimeError("remote model is down"))
+        return fut
+
+    fut = esa.FeatureAblation(failing).attribute_future(_x((2, 4)), target=0)
+    with pytest.raises(RuntimeError, match="remote model is down"):
+        fut.wait()

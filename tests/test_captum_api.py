@@ -132,3 +132,59 @@ def test_forward_future_error_is_delivered_through_the_future():
     fut = esa.FeatureAblation(failing).attribute_future(_x((2, 4)), target=0)
     with pytest.raises(RuntimeError, match="remote model is down"):
         fut.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# bad arguments: one error class that is what Captum raises (AssertionError / IndexError) and a ValueError
+# --------------------------------------------------------------------------------------------
+def _err_model():
+    return _mlp(4, 3, seed=0)
+
+
+X3 = _x((3, 4), 2)
+BAD = {
+    "target int out of range": lambda A, m: A.IntegratedGradients(m).attribute(X3, target=7),
+    "target negative out of range": lambda A, m: A.Saliency(m).attribute(X3, target=-5),
+    "target list wrong length": lambda A, m: A.IntegratedGradients(m).attribute(X3, target=[0, 1]),
+    "target tensor wrong length": lambda A, m: A.Saliency(m).attribute(X3, target=torch.tensor([0, 1])),
+    "target tuple too long": lambda A, m: A.Saliency(m).attribute(X3, target=(0, 1)),
+    "ablation target out of range": lambda A, m: A.FeatureAblation(m).attribute(X3, target=3),
+    "deeplift target out of range": lambda A, m: A.DeepLift(m).attribute(X3, target=3),
+    "layer target out of range": lambda A, m: A.LayerConductance(m, m[0]).attribute(X3, target=5),
+    "neuron out of range": lambda A, m: A.NeuronGradient(m, m[0]).attribute(X3, neuron_selector=9),
+    "neuron selector too long": lambda A, m: A.NeuronGradient(m, m[0]).attribute(X3, neuron_selector=(1, 2)),
+    "neuron deeplift out of range": lambda A, m: A.NeuronDeepLift(m, m[0]).attribute(X3, neuron_selector=5),
+    "occlusion window too large": lambda A, m: A.Occlusion(m).attribute(X3, sliding_window_shapes=(5,), target=0),
+    "occlusion window dims": lambda A, m: A.Occlusion(m).attribute(X3, sliding_window_shapes=(2, 2), target=0),
+    "occlusion stride > window": lambda A, m: A.Occlusion(m).attribute(X3, sliding_window_shapes=(2,), strides=(3,), target=0),
+    "baselines count": lambda A, m: A.IntegratedGradients(m).attribute(X3, target=0, baselines=(X3, X3)),
+    "baseline batch size": lambda A, m: A.IntegratedGradients(m).attribute(X3, target=0, baselines=X3[:2]),
+    "noise tunnel type": lambda A, m: A.NoiseTunnel(A.Saliency(m)).attribute(X3, target=0, nt_type="foo"),
+    "integration method": lambda A, m: A.IntegratedGradients(m).attribute(X3, target=0, method="foo"),
+    "perturbations_per_eval 0": lambda A, m: A.FeatureAblation(m).attribute(X3, target=0, perturbations_per_eval=0),
+    "gradient shap baseline shape": lambda A, m: A.GradientShap(m).attribute(X3, baselines=torch.zeros(2, 3, dtype=D), target=0),
+}
+
+
+def _hook_state(model):
+    return [(len(mod._forward_hooks), len(mod._forward_pre_hooks), len(mod._backward_hooks),
+             len(getattr(mod, "_backward_pre_hooks", {})), sorted(vars(mod))) for mod in model.modules()]
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_arguments_raise_captums_kind_and_value_error(case):
+    model = _err_model()
+    before = _hook_state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception) as theirs:
+            BAD[case](ca, _err_model())
+        with pytest.raises(AttributionArgumentError) as ours:
+            BAD[case](esa, model)
+    assert isinstance(ours.value, ValueError) and isinstance(ours.value, AssertionError)
+    if isinstance(theirs.value, (AssertionError, IndexError)):
+        assert isinstance(ours.value, type(theirs.value)), (type(theirs.value), type(ours.value))
+    assert str(ours.value)  # says what to fix
+    assert _hook_state(model) == before
+    x = _x((2, 4), 9)  # the model still works and is unchanged
+    torch.testing.assert_close(esa.Saliency(model).attribute(x, target=0), ca.Saliency(model).attribute(x, target=0))

@@ -19,7 +19,7 @@ from .gradients import check_scalar_per_example
 from .hooks import HookSession
 from .inputs import run_forward
 from .targets import TargetType
-from .errors import AttributionArgumentError
+from .errors import AttributionArgumentError, check_index
 
 
 class StopForward(BaseException):
@@ -230,6 +230,7 @@ def select_neuron(tensors: Tuple[Tensor, ...], selector) -> Tensor:
     t = tensors[0]
     if len(index) > t.dim() - 1:
         raise AttributionArgumentError(f"neuron_selector {selector} has more indices than the layer's shape {tuple(t.shape[1:])}")
+    check_index(index, t.shape[1:], "neuron_selector")
     out = t[(slice(None), *index)]
     if any(isinstance(i, slice) for i in index):
         out = out.reshape(out.shape[0], -1).sum(1)

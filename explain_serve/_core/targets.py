@@ -11,7 +11,7 @@ from typing import Any, List, Tuple, Union
 import torch
 from torch import Tensor
 
-from .errors import AttributionArgumentError
+from .errors import AttributionArgumentError, check_index
 
 TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
 
@@ -21,7 +21,13 @@ def _select_column(output: Tensor, index: Tuple[int, ...]) -> Tensor:
         raise AttributionArgumentError(
             f"target {index} has more indices than the output's non-batch dimensions {tuple(output.shape[1:])}"
         )
+    check_index(index, output.shape[1:], "target")
     return output[(slice(None), *index)]
+
+
+def _check_classes(targets: List[int], output: Tensor) -> None:
+    for t in set(targets):
+        check_index((t,), output.shape[1:], "target")
 
 
 def select_targets(output: Tensor, target: TargetType) -> Tensor:
@@ -41,6 +47,7 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
         if target.dim() == 1 and target.numel() == output.shape[0]:
             if output.dim() != 2:
                 raise AttributionArgumentError("a tensor of per-example targets needs a 2-D output (batch, classes)")
+            _check_classes(target.tolist(), output)
             return torch.gather(output, 1, target.reshape(-1, 1).to(output.device)).squeeze(1)
         raise AttributionArgumentError(
             f"target tensor of shape {tuple(target.shape)} does not match {output.shape[0]} examples"
@@ -51,9 +58,12 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
         if all(isinstance(t, int) for t in target):
             if output.dim() != 2:
                 raise AttributionArgumentError("a list of per-example int targets needs a 2-D output (batch, classes)")
+            _check_classes(target, output)
             index = torch.tensor(target, device=output.device).reshape(-1, 1)
             return torch.gather(output, 1, index).squeeze(1)
         if all(isinstance(t, tuple) for t in target):
+            for t in target:
+                check_index(t, output.shape[1:], "target")
             return torch.stack([output[(i, *t)] for i, t in enumerate(target)])
         raise AttributionArgumentError("a target list must hold only ints or only index tuples")
     raise AttributionArgumentError(f"target of type {type(target).__name__} is not supported")

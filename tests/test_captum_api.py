@@ -188,3 +188,146 @@ def test_bad_arguments_raise_captums_kind_and_value_error(case):
     assert _hook_state(model) == before
     x = _x((2, 4), 9)  # the model still works and is unchanged
     torch.testing.assert_close(esa.Saliency(model).attribute(x, target=0), ca.Saliency(model).attribute(x, target=0))
+
+
+# --------------------------------------------------------------------------------------------
+# input forms Captum accepts
+# --------------------------------------------------------------------------------------------
+INT_X = torch.tensor([[1, 2, 3, 4], [0, 1, 0, 2]])
+
+
+def _as_float_forward(model):
+    return lambda t: model(t.to(D))
+
+
+@pytest.mark.parametrize("baselines", [0.5, torch.full((1, 4), 0.5, dtype=D)], ids=["scalar", "tensor"])
+def test_integer_inputs_float_baseline_feature_ablation_equals_captum(baselines):
+    f = _as_float_forward(_mlp())
+    ours = esa.FeatureAblation(f).attribute(INT_X, baselines=baselines, target=0)
+    theirs = ca.FeatureAblation(f).attribute(INT_X, baselines=baselines, target=0)
+    torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["ShapleyValues", "ShapleyValueSampling"])
+def test_integer_inputs_float_baseline_shapley_completeness(name):
+    """Shapley values sum to f(x) - f(baseline) with the float baseline itself (Captum truncates
+    the baseline to the input's integer dtype; with input 1 and baseline 1.5 it answers zeros)."""
+    model = _mlp()
+    f = _as_float_forward(model)
+    x = torch.tensor([[1, 1, 1, 1], [1, 0, 2, 1]])
+    kw = {"n_samples": 3} if name == "ShapleyValueSampling" else {}
+    attr = getattr(esa, name)(f).attribute(x, baselines=1.5, target=0, **kw)
+    expected = f(x)[:, 0] - model(torch.full((2, 4), 1.5, dtype=D))[:, 0]
+    torch.testing.assert_close(attr.sum(1), expected.detach())
+    assert attr[0].abs().sum() > 0
+
+
+def _two_inputs(a, b):
+    return a.sum(1) * 2 + b.sum()
+
+
+def test_feature_permutation_sparse_groups_and_small_batch_input_equal_captum():
+    x = _x((3, 4))
+    torch.manual_seed(3)
+    ours = esa.FeaturePermutation(_mlp()).attribute(x, target=0, feature_mask=torch.tensor([[0, 5, 5, 9]]))
+    torch.manual_seed(3)
+    theirs = ca.FeaturePermutation(_mlp()).attribute(x, target=0, feature_mask=torch.tensor([[0, 5, 5, 9]]))
+    torch.testing.assert_close(ours, theirs)
+    context = torch.ones(1, 2, dtype=D)  # a shared input with one example: its features are not permuted
+    torch.manual_seed(4)
+    with pytest.warns(UserWarning, match="Skipping feature groups"):
+        ours = esa.FeaturePermutation(_two_inputs).attribute((x, context))
+    torch.manual_seed(4)
+    theirs = ca.FeaturePermutation(_two_inputs).attribute((x, context))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    assert ours[1].abs().sum() == 0 and ours[0].abs().sum() > 0
+    with pytest.warns(UserWarning, match="Skipping"):
+        one = esa.FeaturePermutation(_mlp()).attribute(x[:1], target=0)
+    assert one.abs().sum() == 0  # Captum: zeros and a warning for a batch of one
+
+
+def test_feature_permutation_min_examples_none_permutes_every_group():
+    method = esa.FeaturePermutation(_two_inputs)
+    method._min_examples_per_batch_grouped = None
+    with pytest.raises(AssertionError, match="batch_size = 1"):  # the default perm_func cannot permute 1 example
+        method.attribute((_x((3, 4)), torch.ones(1, 2, dtype=D)))
+
+
+@pytest.mark.parametrize("name", ["GradientShap", "DeepLiftShap"])
+@pytest.mark.parametrize("form", ["no-argument", "of-inputs"])
+def test_callable_baselines_equal_captum(name, form):
+    import numpy as np
+
+    dist = _x((2, 4), 7)
+    baselines = (lambda: dist) if form == "no-argument" else (lambda inp: dist * inp.mean())
+    kw = {"n_samples": 4} if name == "GradientShap" else {}
+    out = []
+    for lib in (esa, ca):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        out.append(getattr(lib, name)(_mlp()).attribute(_x((3, 4)), baselines=baselines, target=0, **kw))
+    torch.testing.assert_close(out[0], out[1])
+
+
+@pytest.mark.parametrize("baselines", [torch.arange(4.0, dtype=D), torch.arange(4.0, dtype=D).unsqueeze(0)], ids=["per-feature", "batch-1"])
+def test_occlusion_baselines_broadcast_per_feature_equal_captum(baselines):
+    x = _x((3, 4))
+    ours = esa.Occlusion(_mlp()).attribute(x, sliding_window_shapes=(2,), baselines=baselines, target=1)
+    theirs = ca.Occlusion(_mlp()).attribute(x, sliding_window_shapes=(2,), baselines=baselines, target=1)
+    torch.testing.assert_close(ours, theirs.to(D))  # Captum returns float32 here (README)
+
+
+@pytest.mark.parametrize("name", ["Lime", "KernelShap"])
+def test_forward_output_that_requires_grad(name):
+    model = _mlp()
+    x = _x((2, 4))
+    assert model(x).requires_grad
+    attr = getattr(esa, name)(model).attribute(x, target=0, n_samples=64)
+    assert attr.shape == x.shape and torch.isfinite(attr).all() and not attr.requires_grad
+
+
+@pytest.mark.parametrize("interpretable", ["SkLearnLasso", "SkLearnLinearRegression", "SGDLasso"])
+def test_lime_accepts_captums_interpretable_models(interpretable):
+    """Captum's interpretable models (fit(DataLoader), representation()) plug into our Lime: with all
+    2^4 binary samples and an unregularized fit, Lime's linear surrogate of an additive model is exact."""
+    from captum._utils.models import linear_model
+
+    w = torch.tensor([[1.0, -2.0, 0.5, 3.0]], dtype=D)
+    f = lambda t: (t * w).sum(1)  # noqa: E731 - additive: f(x) - f(x with features removed) per feature
+    kw = {"alpha": 1e-6} if interpretable == "SkLearnLasso" else {}
+    model = getattr(linear_model, interpretable)(**kw)
+    x = torch.ones(1, 4, dtype=D)
+    attr = esa.Lime(f, interpretable_model=model).attribute(x, n_samples=200, baselines=0.0)
+    if interpretable == "SGDLasso":  # SGD with its default regularization: close, not exact
+        assert attr.shape == x.shape and torch.isfinite(attr).all()
+    else:
+        torch.testing.assert_close(attr.to(D), w, atol=1e-3, rtol=1e-3)
+
+
+class _InplaceNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.relu, self.out = torch.nn.Linear(4, 5).to(D), torch.nn.ReLU(inplace=True), torch.nn.Linear(5, 3).to(D)
+
+    def forward(self, x):
+        return self.out(self.relu(self.lin(x)))
+
+
+INPLACE = {
+    "LayerActivation": {},
+    "LayerGradientXActivation": {"target": 0},
+    "LayerConductance": {"target": 0},
+    "LayerFeatureAblation": {"target": 0},
+    "LayerGradCam": {"target": 0},
+}
+
+
+@pytest.mark.parametrize("name", sorted(INPLACE))
+def test_inplace_module_after_the_layer_equals_captum(name):
+    net, x = _InplaceNet(), _x((3, 4))
+    ours = getattr(esa, name)(net, net.lin).attribute(x, **INPLACE[name])
+    theirs = getattr(ca, name)(net, net.lin).attribute(x, **INPLACE[name])
+    torch.testing.assert_close(ours, theirs)
+    assert (ours < 0).any() if name == "LayerActivation" else True  # the pre-ReLU values, not the rectified ones

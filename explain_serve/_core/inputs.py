@@ -87,14 +87,29 @@ def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tup
     return baselines
 
 
+def _baseline_dtype(b: Any, x: Tensor) -> torch.dtype:
+    if x.is_floating_point() or x.is_complex():
+        return x.dtype
+    if isinstance(b, Tensor) and b.is_floating_point():
+        return b.dtype
+    if isinstance(b, float):
+        return torch.get_default_dtype()
+    return x.dtype
+
+
 def tensorize_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    """Baselines as tensors with the inputs' full shape (scalars filled, batch-1 broadcast)."""
+    """Baselines as tensors with the inputs' full shape (scalars filled, batch-1 broadcast).
+
+    They take the input's dtype, except that a float baseline of an integer input stays float
+    (ablating token ids or counts to 0.5 must not truncate to 0; Captum keeps it float too).
+    """
     out = []
     for b, x in zip(baselines, inputs):
+        dtype = _baseline_dtype(b, x)
         if not isinstance(b, Tensor):
-            out.append(torch.full_like(x, b))
+            out.append(torch.full_like(x, b, dtype=dtype))
             continue
-        b = b.to(device=x.device, dtype=x.dtype) if b.dtype != x.dtype or b.device != x.device else b
+        b = b.to(device=x.device, dtype=dtype) if b.dtype != dtype or b.device != x.device else b
         if b.dim() == 0 or b.shape == x.shape[1:]:
             b = b.expand_as(x) if b.dim() == 0 else b.unsqueeze(0).expand_as(x)
         elif b.shape[0] == 1 and x.shape[0] != 1:

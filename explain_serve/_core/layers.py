@@ -61,8 +61,10 @@ def tap(session: HookSession, layer: nn.Module, to_input: bool) -> Any:
             plan.seen.append(current)
             raise StopForward
         if not plan.clone:
+            # the forward goes on with copies: an in-place module after the layer
+            # (ReLU(inplace=True)) must not change what was captured
             plan.seen.append(current)
-            return None
+            return tuple(t.clone() for t in current)
         # gradients will be taken w.r.t. these tensors: make sure they are graph nodes (a frozen
         # model gives tensors that do not require grad), and let the forward go on with clones
         current = tuple(

@@ -93,7 +93,10 @@ def evaluate_chunks(
     """
     auto = per_eval is None
     if auto:
-        per_eval = budget_units(inputs)
+        # inputs of different batch sizes (a shared context tensor) may be combined in any way by
+        # the forward: stacking copies could change what it computes, so evaluate one at a time
+        same_batch = len({x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim()}) <= 1
+        per_eval = budget_units(inputs) if same_batch else 1
     unit_numel = 1
     for d in unit_shape:
         unit_numel *= d

@@ -55,6 +55,11 @@ _EXPORTS = {
     # LRP
     "LRP": "lrp",
     "LayerLRP": "lrp",
+    "PropagationRule": "lrp_rules",
+    "EpsilonRule": "lrp_rules",
+    "GammaRule": "lrp_rules",
+    "Alpha1_Beta0_Rule": "lrp_rules",
+    "IdentityRule": "lrp_rules",
     # embedding helpers
     "configure_interpretable_embedding_layer": "embeddings",
     "remove_interpretable_embedding_layer": "embeddings",

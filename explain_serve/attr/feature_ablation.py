@@ -135,8 +135,11 @@ class FeatureAblation(PerturbationAttribution):
             diffs = initial.new_zeros((0,) + tuple(out_shape))
         attrs = []
         sorted_feats, order = torch.sort(feats)
+        # positions of features not evaluated (skipped by a subclass) read an extra row of zeros
+        diffs = torch.cat([diffs, diffs.new_zeros((1,) + tuple(out_shape))], 0)
         for x, m in zip(inputs, masks):
-            rank = order[torch.searchsorted(sorted_feats, m.contiguous())]
+            pos = torch.searchsorted(sorted_feats, m.contiguous()).clamp_(max=max(n_feat - 1, 0))
+            rank = torch.where(sorted_feats[pos] == m, order[pos], n_feat) if n_feat else torch.zeros_like(m)
             a = values_to_inputs(diffs, rank, out_shape, x.shape)
             attrs.append(a.reshape((n_out,) + tuple(x.shape[1:])))
         return tuple(attrs)

@@ -31,6 +31,8 @@ _EXPORTS = {
     "get_exp_kernel_similarity_function": "lime",
     "default_perturb_func": "lime",
     "default_from_interp_rep_transform": "lime",
+    "DataLoaderAttribution": "dataloader_attr",
+    "InputRole": "dataloader_attr",
     # layer methods
     "LayerIntegratedGradients": "layer.integrated_gradients",
     "LayerActivation": "layer.activation",

@@ -54,12 +54,16 @@ def forward_done() -> None:
 def shows_progress(attribute: Callable) -> Callable:
     """Decorate an ``attribute`` method with a ``show_progress`` argument: one bar per call,
     titled ``"<Method Name> attribution"`` as in Captum."""
-    signature = inspect.signature(attribute)
+    params = list(inspect.signature(attribute).parameters.values())
+    position = next(i for i, p in enumerate(params) if p.name == "show_progress") - 1  # after self
+    positional = params[position + 1].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
 
     @functools.wraps(attribute)
     def wrapper(self, *args, **kwargs):
-        show = signature.bind_partial(self, *args, **kwargs).arguments.get("show_progress", False)
-        with attribution_progress(bool(show), f"{self.get_name()} attribution"):
+        show = kwargs.get("show_progress", args[position] if positional and len(args) > position else False)
+        if not show:
+            return attribute(self, *args, **kwargs)
+        with attribution_progress(True, f"{self.get_name()} attribution"):
             return attribute(self, *args, **kwargs)
 
     return wrapper

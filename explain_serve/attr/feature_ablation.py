@@ -100,7 +100,8 @@ class FeatureAblation(PerturbationAttribution):
         """``attribute`` for a forward that returns ``torch.futures.Future``; returns a Future."""
         return attribute_as_future(self, *args, **kwargs)
 
-    def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None):
+    def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None, partial=False):
+        """``partial``: ``feats`` leaves out some feature ids of the masks (their attribution is 0)."""
         num_examples = inputs[0].shape[0]
         initial = forward_tensor(self.forward_func, inputs, target, args)
         agg = is_aggregate(initial, num_examples)
@@ -135,11 +136,14 @@ class FeatureAblation(PerturbationAttribution):
             diffs = initial.new_zeros((0,) + tuple(out_shape))
         attrs = []
         sorted_feats, order = torch.sort(feats)
-        # positions of features not evaluated (skipped by a subclass) read an extra row of zeros
-        diffs = torch.cat([diffs, diffs.new_zeros((1,) + tuple(out_shape))], 0)
+        if partial:  # positions of features not evaluated read an extra row of zeros
+            diffs = torch.cat([diffs, diffs.new_zeros((1,) + tuple(out_shape))], 0)
         for x, m in zip(inputs, masks):
-            pos = torch.searchsorted(sorted_feats, m.contiguous()).clamp_(max=max(n_feat - 1, 0))
-            rank = torch.where(sorted_feats[pos] == m, order[pos], n_feat) if n_feat else torch.zeros_like(m)
+            if partial:
+                pos = torch.searchsorted(sorted_feats, m.contiguous()).clamp_(max=max(n_feat - 1, 0))
+                rank = torch.where(sorted_feats[pos] == m, order[pos], n_feat) if n_feat else torch.zeros_like(m)
+            else:
+                rank = order[torch.searchsorted(sorted_feats, m.contiguous())]
             a = values_to_inputs(diffs, rank, out_shape, x.shape)
             attrs.append(a.reshape((n_out,) + tuple(x.shape[1:])))
         return tuple(attrs)

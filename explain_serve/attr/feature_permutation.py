@@ -120,8 +120,10 @@ class FeaturePermutation(FeatureAblation):
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
-        feats = self._permutable(self._feature_ids(masks), inputs, masks)
+        feats = self._feature_ids(masks)
+        kept = self._permutable(feats, inputs, masks)
         attrs = self._ablation_attributions(
-            inputs, baselines, masks, target, args, perturbations_per_eval, self._build, feats
+            inputs, baselines, masks, target, args, perturbations_per_eval, self._build, kept,
+            partial=kept.numel() != feats.numel(),
         )
         return format_output(was_tuple, attrs)

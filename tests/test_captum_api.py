@@ -331,3 +331,36 @@ def test_inplace_module_after_the_layer_equals_captum(name):
     theirs = getattr(ca, name)(net, net.lin).attribute(x, **INPLACE[name])
     torch.testing.assert_close(ours, theirs)
     assert (ours < 0).any() if name == "LayerActivation" else True  # the pre-ReLU values, not the rectified ones
+
+
+# --------------------------------------------------------------------------------------------
+# seeded NoiseTunnel: an example's answer does not depend on its batch or on the chunking
+# --------------------------------------------------------------------------------------------
+NOISE_TUNNEL = {
+    "smoothgrad-saliency": (lambda m: esa.NoiseTunnel(esa.Saliency(m)), {"nt_type": "smoothgrad", "stdevs": 0.3}),
+    "vargrad-ig": (lambda m: esa.NoiseTunnel(esa.IntegratedGradients(m)), {"nt_type": "vargrad", "stdevs": 0.2, "n_steps": 5}),
+    "smoothgrad_sq-two-inputs": (lambda m: esa.NoiseTunnel(esa.InputXGradient(lambda a, b: m(torch.cat([a, b], 1)))),
+                                 {"nt_type": "smoothgrad_sq", "stdevs": (0.1, 0.4)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOISE_TUNNEL))
+def test_noise_tunnel_batch_equals_each_example_alone(name):
+    make, kw = NOISE_TUNNEL[name]
+    model, x = _mlp(), _x((3, 4), 11)
+    inputs = (x[:, :2], x[:, 2:]) if "two-inputs" in name else x
+    pick = (lambda t, i: tuple(a[i:i + 1] for a in t)) if isinstance(inputs, tuple) else (lambda t, i: t[i:i + 1])
+    torch.manual_seed(7)
+    batch = make(model).attribute(inputs, target=1, nt_samples=6, **kw)
+    torch.manual_seed(7)
+    chunked = make(model).attribute(inputs, target=1, nt_samples=6, nt_samples_batch_size=4, **kw)
+    tup = lambda t: t if isinstance(t, tuple) else (t,)  # noqa: E731
+    for a, b in zip(tup(batch), tup(chunked)):
+        torch.testing.assert_close(a, b)
+    for i in range(3):
+        torch.manual_seed(7)
+        alone = make(model).attribute(pick(inputs, i), target=1, nt_samples=6, **kw)
+        for a, b in zip(tup(batch), tup(alone)):
+            torch.testing.assert_close(a[i:i + 1], b)
+    torch.manual_seed(8)  # the seed decides the noise
+    assert not torch.equal(tup(make(model).attribute(inputs, target=1, nt_samples=6, **kw))[0], tup(batch)[0])

@@ -3,6 +3,8 @@
 Wraps any attribution method: each example is repeated ``nt_samples`` times with Gaussian noise,
 the wrapped method runs on the noisy copies (``nt_samples_batch_size`` samples per call, default
 all of them in one call) and the attributions are averaged (or their squares / their variance).
+The noise samples are drawn once per call and shared by the examples, so under a seed an example
+gets the same answer in a batch as alone, whatever ``nt_samples_batch_size``.
 """
 from __future__ import annotations
 
@@ -50,6 +52,21 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
     return out
 
 
+def _noise_samples(inputs, stdevs, nt_samples: int) -> list:
+    """Per input, ``nt_samples`` noise samples of one example's shape (None where the stdev is 0),
+    shared by every example of the batch: an example gets the noise it would get alone, and the
+    chunking (``nt_samples_batch_size``) does not change it. Drawn from a generator seeded by one
+    draw of torch's global RNG, so ``torch.manual_seed`` decides the noise."""
+    if not any(stdevs):
+        return [None] * len(inputs)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return [
+        torch.randn((nt_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed + k), dtype=x.dtype)
+        .to(x.device) * s if s else None
+        for k, (x, s) in enumerate(zip(inputs, stdevs))
+    ]
+
+
 class NoiseTunnel(Attribution):
     def __init__(self, attribution_method: Attribution) -> None:
         super().__init__(attribution_method.forward_func)
@@ -84,6 +101,7 @@ class NoiseTunnel(Attribution):
         if len(stdevs) != len(inputs):
             raise AttributionArgumentError(f"got {len(stdevs)} stdevs for {len(inputs)} inputs")
         bsz = inputs[0].shape[0]
+        noise = _noise_samples(inputs, stdevs, nt_samples)
 
         total = total_sq = None
         deltas = []
@@ -91,9 +109,9 @@ class NoiseTunnel(Attribution):
         for sl in chunks(nt_samples, nt_samples_batch_size):
             n = sl.stop - sl.start
             noisy = tuple(
-                x.repeat_interleave(n, dim=0) + torch.randn((bsz * n, *x.shape[1:]), dtype=x.dtype, device=x.device) * s
-                if s else x.repeat_interleave(n, dim=0)
-                for x, s in zip(inputs, stdevs)
+                x.repeat_interleave(n, dim=0) + e[sl].repeat((bsz,) + (1,) * (x.dim() - 1))
+                if e is not None else x.repeat_interleave(n, dim=0)
+                for x, e in zip(inputs, noise)
             )
             part_kwargs = _expand_kwargs(kwargs, inputs, n, draw_baseline_from_distrib)
             if return_delta:

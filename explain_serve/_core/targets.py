@@ -11,7 +11,7 @@ from typing import Any, List, Tuple, Union
 import torch
 from torch import Tensor
 
-from .errors import AttributionArgumentError, check_index
+from .errors import AttributionArgumentError, IndexOutOfRangeError, check_index
 
 TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
 
@@ -25,9 +25,13 @@ def _select_column(output: Tensor, index: Tuple[int, ...]) -> Tensor:
     return output[(slice(None), *index)]
 
 
-def _check_classes(targets: List[int], output: Tensor) -> None:
-    for t in set(targets):
-        check_index((t,), output.shape[1:], "target")
+def _check_classes(low: int, high: int, output: Tensor) -> None:
+    """Per-example class targets must lie in ``0..classes-1`` (gathered: no negative indices)."""
+    n = output.shape[1]
+    if low < 0 or high >= n:
+        raise IndexOutOfRangeError(
+            f"per-example targets must be in 0..{n - 1} for an output with {n} classes, got {low if low < 0 else high}"
+        )
 
 
 def select_targets(output: Tensor, target: TargetType) -> Tensor:
@@ -47,7 +51,7 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
         if target.dim() == 1 and target.numel() == output.shape[0]:
             if output.dim() != 2:
                 raise AttributionArgumentError("a tensor of per-example targets needs a 2-D output (batch, classes)")
-            _check_classes(target.tolist(), output)
+            _check_classes(int(target.min()), int(target.max()), output)
             return torch.gather(output, 1, target.reshape(-1, 1).to(output.device)).squeeze(1)
         raise AttributionArgumentError(
             f"target tensor of shape {tuple(target.shape)} does not match {output.shape[0]} examples"
@@ -58,7 +62,7 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
         if all(isinstance(t, int) for t in target):
             if output.dim() != 2:
                 raise AttributionArgumentError("a list of per-example int targets needs a 2-D output (batch, classes)")
-            _check_classes(target, output)
+            _check_classes(min(target), max(target), output)
             index = torch.tensor(target, device=output.device).reshape(-1, 1)
             return torch.gather(output, 1, index).squeeze(1)
         if all(isinstance(t, tuple) for t in target):

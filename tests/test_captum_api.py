@@ -2,6 +2,7 @@
 error class, input forms. Captum is the test-only oracle where it defines the answer."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch.futures import Future
@@ -257,17 +258,23 @@ def test_feature_permutation_min_examples_none_permutes_every_group():
 @pytest.mark.parametrize("name", ["GradientShap", "DeepLiftShap"])
 @pytest.mark.parametrize("form", ["no-argument", "of-inputs"])
 def test_callable_baselines_equal_captum(name, form):
-    import numpy as np
-
     dist = _x((2, 4), 7)
     baselines = (lambda: dist) if form == "no-argument" else (lambda inp: dist * inp.mean())
     kw = {"n_samples": 4} if name == "GradientShap" else {}
-    out = []
-    for lib in (esa, ca):
+    x = _x((3, 4))
+    torch.manual_seed(0)
+    np.random.seed(0)
+    ours = getattr(esa, name)(_mlp()).attribute(x, baselines=baselines, target=0, **kw)
+    if name == "GradientShap":  # seeded and batch-invariant: Captum on each example alone
+        from tests.per_example import per_example
+
+        fixed = (lambda: dist) if form == "no-argument" else (lambda inp: dist * x.mean())  # the batch's baselines
+        theirs = per_example(lambda x: ca.GradientShap(_mlp()).attribute(x, baselines=fixed, target=0, **kw), 3, {"x": x}, seed=0)
+    else:
         torch.manual_seed(0)
         np.random.seed(0)
-        out.append(getattr(lib, name)(_mlp()).attribute(_x((3, 4)), baselines=baselines, target=0, **kw))
-    torch.testing.assert_close(out[0], out[1])
+        theirs = ca.DeepLiftShap(_mlp()).attribute(x, baselines=baselines, target=0)
+    torch.testing.assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("baselines", [torch.arange(4.0, dtype=D), torch.arange(4.0, dtype=D).unsqueeze(0)], ids=["per-feature", "batch-1"])
@@ -364,3 +371,27 @@ def test_noise_tunnel_batch_equals_each_example_alone(name):
             torch.testing.assert_close(a[i:i + 1], b)
     torch.manual_seed(8)  # the seed decides the noise
     assert not torch.equal(tup(make(model).attribute(inputs, target=1, nt_samples=6, **kw))[0], tup(batch)[0])
+
+
+GRADIENT_SHAP = {
+    "GradientShap": lambda m: (esa.GradientShap(m), {"target": 1}),
+    "LayerGradientShap": lambda m: (esa.LayerGradientShap(m, m[0]), {"target": 1}),
+    "NeuronGradientShap": lambda m: (esa.NeuronGradientShap(m, m[0]), {"neuron_selector": 2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRADIENT_SHAP))
+@pytest.mark.parametrize("stdevs", [0.0, 0.3])
+def test_gradient_shap_batch_equals_each_example_alone(name, stdevs):
+    """Seeded (torch and numpy, as Captum): each example's baselines, path points and noise do not
+    depend on the rest of the batch (without noise, each equals Captum's answer for it alone)."""
+    from tests.per_example import per_example
+
+    model, x, dist = _mlp(), _x((3, 4), 12), _x((5, 4), 13)
+    method, kw = GRADIENT_SHAP[name](model)
+    kw = dict(kw, baselines=dist, n_samples=6, stdevs=stdevs)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    batch = method.attribute(x, **kw)
+    alone = per_example(lambda x: method.attribute(x, **kw), 3, {"x": x}, seed=3)
+    torch.testing.assert_close(batch, alone)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
 from .._core.batching import chunks
+from .._core.samples import samples_per_example, shared_choice
 from .._core.inputs import as_tuple, expand_args, format_args, format_baselines, format_output, is_tuple
 from .._core.targets import expand_target
 from ._base import Attribution, GradientAttribution
@@ -34,7 +34,7 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         bsz = inputs[0].shape[0]
         if draw_baseline_from_distrib:
             baselines = tuple(
-                b[np.random.choice(b.shape[0], n * bsz).tolist()] if isinstance(b, torch.Tensor) else b
+                b[shared_choice(b.shape[0], n, bsz).tolist()] if isinstance(b, torch.Tensor) else b
                 for b in baselines
             )
         else:
@@ -116,7 +116,8 @@ class NoiseTunnel(Attribution):
             part_kwargs = _expand_kwargs(kwargs, inputs, n, draw_baseline_from_distrib)
             if return_delta:
                 part_kwargs["return_convergence_delta"] = True
-            out = self.attribution_method.attribute(noisy if was_tuple else noisy[0], **part_kwargs)
+            with samples_per_example(n):
+                out = self.attribution_method.attribute(noisy if was_tuple else noisy[0], **part_kwargs)
             if return_delta:
                 out, delta = out
                 deltas.append(delta)

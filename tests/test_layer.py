@@ -11,6 +11,7 @@ import torch
 
 import explain_serve.attr as ea
 from explain_serve._core.targets import select_targets
+from tests.per_example import per_example
 from tests.layer_models import MODELS, table
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -85,9 +86,20 @@ def _run(lib, case, name):
     return method.attribute(inputs[0], **kwargs)
 
 
+def _run_captum_per_example(case, name):
+    """Captum on each example alone: what a seeded batch-invariant method (GradientShap) gives."""
+    cls_name, _, kwargs_of = LAYER_CASES[case]
+    model, inputs, args, layer, _, target = table(name)
+    method = getattr(captum_attr, cls_name)(model, layer)
+    fixed = kwargs_of(name, inputs[0])
+    return per_example(lambda x, a, t: method.attribute(x, additional_forward_args=a, target=t, **fixed),
+                       inputs[0].shape[0], {"x": inputs[0], "a": args, "t": target})
+
+
 @pytest.mark.parametrize("case,name", CAPTUM_CASES, ids=[f"{c}-{n}" for c, n in CAPTUM_CASES])
 def test_layer_agrees_with_captum(case, name):
-    _close(_run(ea, case, name), _run(captum_attr, case, name))
+    theirs = _run_captum_per_example(case, name) if case == "gradient_shap_seeded" else _run(captum_attr, case, name)
+    _close(_run(ea, case, name), theirs)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -318,12 +330,17 @@ def test_two_inputs_additional_args_tensor_target_agree_with_captum(cls_name):
     g = torch.Generator().manual_seed(2)
     dist = tuple(torch.randn(3, t.shape[1], generator=g, dtype=torch.float64) for t in x)
     results = []
+    target = torch.tensor([0, 1, 2, 0])
     for lib in (ea, captum_attr):
         torch.manual_seed(1)
         np.random.seed(1)
         method = getattr(lib, cls_name)(model, model.fc1)
-        results.append(method.attribute(x, target=torch.tensor([0, 1, 2, 0]), additional_forward_args=args,
+        results.append(method.attribute(x, target=target, additional_forward_args=args,
                                         **MULTI_INPUT_CASES[cls_name](bl, dist)))
+    if cls_name == "LayerGradientShap":  # seeded and batch-invariant: Captum on each example alone
+        method = captum_attr.LayerGradientShap(model, model.fc1)
+        results[1] = per_example(lambda x, t, a: method.attribute(x, target=t, additional_forward_args=a, baselines=dist),
+                                 4, {"x": x, "t": target, "a": args}, seed=1)
     _close(*results)
 
 

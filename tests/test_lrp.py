@@ -146,3 +146,48 @@ def test_unsupported_layer_raises_type_error():
     assert out.shape == (2, 3)
     with pytest.raises(TypeError):
         ea.LRP(model, rules={model[1]: "epsilon"})
+
+
+def test_rule_classes_exported_from_attr():
+    assert ea.GammaRule is ours_rules.GammaRule and ea.EpsilonRule is ours_rules.EpsilonRule
+    assert ea.Alpha1_Beta0_Rule is ours_rules.Alpha1_Beta0_Rule and ea.IdentityRule is ours_rules.IdentityRule
+    assert ea.PropagationRule is ours_rules.PropagationRule
+
+
+@pytest.mark.parametrize("rule_case,name", CASES, ids=[f"{r}-{n}" for r, n in CASES])
+def test_captums_rule_objects_work_and_leave_weights_untouched(rule_case, name):
+    """Rules written against Captum's interface (here Captum's own) give Captum's answer; their
+    in-place weight edit is applied to a private copy of the layer."""
+    model, inputs, _, layer, _, target = table(name)
+    x = inputs[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    theirs = _captum(model, rule_case, lambda: captum_attr.LRP(model).attribute(x, target=target))
+    after_captum = {k: v.clone() for k, v in model.state_dict().items()}
+    ours = ea.LRP(model, rules=RULES[rule_case](model, captum_rules)).attribute(x, target=target)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, after_captum[k])  # ours changed nothing
+    assert all(torch.equal(before[k], after_captum[k]) for k in before)  # (Captum restores its edits)
+
+
+class _Reused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 4).double()
+        self.out = nn.Linear(4, 2).double()
+
+    def forward(self, x):
+        return self.out(self.fc(torch.relu(self.fc(x))))
+
+
+def test_module_used_twice_raises_captums_error_and_leaves_no_hooks():
+    model, x = _Reused(), torch.randn(3, 4, dtype=torch.float64)
+    state = hook_state(model)
+    with pytest.raises(RuntimeError, match="used more than once"):
+        captum_attr.LRP(_Reused()).attribute(x, target=0)
+    with pytest.raises(RuntimeError, match="used more than once"):
+        ea.LRP(model).attribute(x, target=0)
+    assert hook_state(model) == state
+    assert ea.LRP(nn.Sequential(model.fc, nn.ReLU(), model.out)).attribute(x, target=0).shape == x.shape
+

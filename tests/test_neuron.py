@@ -10,6 +10,7 @@ import torch
 
 import explain_serve.attr as ea
 from tests.layer_models import table
+from tests.per_example import per_example
 
 captum_attr = pytest.importorskip("captum.attr")
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -82,9 +83,20 @@ def _run(lib, case, name, sel):
     return method.attribute(inputs[0], neuron_selector=SELECTORS[sel](name, default), **kwargs_of(inputs[0], target))
 
 
+def _run_captum_per_example(case, name, sel):
+    """Captum on each example alone: what a seeded batch-invariant method (GradientShap) gives."""
+    cls_name, kwargs_of = NEURON_CASES[case]
+    model, inputs, args, layer, default, target = table(name)
+    method = getattr(captum_attr, cls_name)(model, layer)
+    fixed = kwargs_of(inputs[0], target)
+    return per_example(lambda x: method.attribute(x, neuron_selector=SELECTORS[sel](name, default), **fixed),
+                       inputs[0].shape[0], {"x": inputs[0]})
+
+
 @pytest.mark.parametrize("case,name,sel", CASES, ids=[f"{c}-{n}-{s}" for c, n, s in CASES])
 def test_neuron_agrees_with_captum(case, name, sel):
-    _close(_run(ea, case, name, sel), _run(captum_attr, case, name, sel))
+    seeded = case == "gradient_shap_seeded"
+    _close(_run(ea, case, name, sel), _run_captum_per_example(case, name, sel) if seeded else _run(captum_attr, case, name, sel))
 
 
 @pytest.mark.parametrize("cls_name", sorted({c for c, _ in NEURON_CASES.values()}))
@@ -212,4 +224,8 @@ def test_two_inputs_and_additional_args_agree_with_captum(cls_name):
         np.random.seed(1)
         method = getattr(lib, cls_name)(model, model.fc1)
         results.append(method.attribute(x, neuron_selector=2, additional_forward_args=args, **MULTI_INPUT_CASES[cls_name](bl, dist)))
+    if cls_name == "NeuronGradientShap":  # seeded and batch-invariant: Captum on each example alone
+        method = captum_attr.NeuronGradientShap(model, model.fc1)
+        results[1] = per_example(lambda x, a: method.attribute(x, neuron_selector=2, additional_forward_args=a, baselines=dist),
+                                 4, {"x": x, "a": args}, seed=1)
     _close(*results)

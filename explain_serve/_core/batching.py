@@ -15,6 +15,8 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from .errors import AttributionArgumentError
+
 MEMORY_BUDGET_BYTES = 64 * 2**20
 MAX_UNITS_PER_EVAL = 4096
 
@@ -25,7 +27,7 @@ def chunks(n_units: int, per_chunk: Optional[int]) -> Iterator[slice]:
         yield slice(0, n_units)
         return
     if per_chunk < 1:
-        raise ValueError(f"chunk size must be at least 1, got {per_chunk}")
+        raise AttributionArgumentError(f"chunk size must be at least 1, got {per_chunk}")
     for start in range(0, n_units, per_chunk):
         yield slice(start, min(start + per_chunk, n_units))
 

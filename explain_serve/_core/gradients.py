@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .inputs import run_forward
 from .targets import TargetType
+from .errors import AttributionArgumentError
 
 
 def leaf_inputs(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
@@ -17,7 +18,7 @@ def leaf_inputs(inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
 
 def check_scalar_per_example(outputs: Tensor) -> None:
     if outputs.dim() > 1 and outputs[0].numel() != 1:
-        raise ValueError(
+        raise AttributionArgumentError(
             "the selected output has more than one value per example "
             f"(shape {tuple(outputs.shape)}); pass a target that picks one output"
         )

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .targets import TargetType, select_targets
+from .errors import AttributionArgumentError
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 BaselineType = Union[None, Tensor, int, float, Tuple[Union[Tensor, int, float], ...]]
@@ -36,7 +37,7 @@ def format_output(was_tuple: bool, output: Tuple[Any, ...]) -> Any:
     if was_tuple:
         return tuple(output)
     if len(output) != 1:
-        raise ValueError(f"expected one output for a non-tuple input, got {len(output)}")
+        raise AttributionArgumentError(f"expected one output for a non-tuple input, got {len(output)}")
     return output[0]
 
 
@@ -72,28 +73,43 @@ def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tup
         return tuple(0 for _ in inputs)
     baselines = baselines if isinstance(baselines, tuple) else (baselines,)
     if len(baselines) != len(inputs):
-        raise ValueError(f"got {len(baselines)} baselines for {len(inputs)} inputs")
+        raise AttributionArgumentError(f"got {len(baselines)} baselines for {len(inputs)} inputs")
     for b, x in zip(baselines, inputs):
         if isinstance(b, Tensor) and b.dim() > 0:
             if b.shape[1:] != x.shape[1:] and b.shape != x.shape[1:]:
-                raise ValueError(
+                raise AttributionArgumentError(
                     f"baseline of shape {tuple(b.shape)} does not match input of shape {tuple(x.shape)}"
                 )
             if b.shape[1:] == x.shape[1:] and b.shape[0] not in (1, x.shape[0]):
-                raise ValueError(
+                raise AttributionArgumentError(
                     f"baseline batch size {b.shape[0]} must be 1 or the input's batch size {x.shape[0]}"
                 )
     return baselines
 
 
+def _baseline_dtype(b: Any, x: Tensor) -> torch.dtype:
+    if x.is_floating_point() or x.is_complex():
+        return x.dtype
+    if isinstance(b, Tensor) and b.is_floating_point():
+        return b.dtype
+    if isinstance(b, float):
+        return torch.get_default_dtype()
+    return x.dtype
+
+
 def tensorize_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    """Baselines as tensors with the inputs' full shape (scalars filled, batch-1 broadcast)."""
+    """Baselines as tensors with the inputs' full shape (scalars filled, batch-1 broadcast).
+
+    They take the input's dtype, except that a float baseline of an integer input stays float
+    (ablating token ids or counts to 0.5 must not truncate to 0; Captum keeps it float too).
+    """
     out = []
     for b, x in zip(baselines, inputs):
+        dtype = _baseline_dtype(b, x)
         if not isinstance(b, Tensor):
-            out.append(torch.full_like(x, b))
+            out.append(torch.full_like(x, b, dtype=dtype))
             continue
-        b = b.to(device=x.device, dtype=x.dtype) if b.dtype != x.dtype or b.device != x.device else b
+        b = b.to(device=x.device, dtype=dtype) if b.dtype != dtype or b.device != x.device else b
         if b.dim() == 0 or b.shape == x.shape[1:]:
             b = b.expand_as(x) if b.dim() == 0 else b.unsqueeze(0).expand_as(x)
         elif b.shape[0] == 1 and x.shape[0] != 1:
@@ -116,12 +132,12 @@ def baseline_distribution(baselines: Any, inputs: Any, who: str) -> Tuple[Tensor
     inputs_t = as_tuple(inputs)
     baselines = as_tuple(callable_baselines(baselines, inputs))
     if baselines is None or not all(isinstance(b, Tensor) and b.dim() > 0 for b in baselines):
-        raise ValueError(f"{who} needs baselines as a tensor distribution (or a callable returning one)")
+        raise AttributionArgumentError(f"{who} needs baselines as a tensor distribution (or a callable returning one)")
     if len(baselines) != len(inputs_t):
-        raise ValueError(f"got {len(baselines)} baselines for {len(inputs_t)} inputs")
+        raise AttributionArgumentError(f"got {len(baselines)} baselines for {len(inputs_t)} inputs")
     for b, x in zip(baselines, inputs_t):
         if b.shape[1:] != x.shape[1:]:
-            raise ValueError(f"baselines of shape {tuple(b.shape)} do not match inputs {tuple(x.shape)}")
+            raise AttributionArgumentError(f"baselines of shape {tuple(b.shape)} do not match inputs {tuple(x.shape)}")
     return baselines
 
 
@@ -147,6 +163,10 @@ def run_forward(
     """Call ``forward_func(*inputs, *additional_forward_args)`` and select the target outputs."""
     args = additional_forward_args or ()
     output = forward_func(*inputs, *args)
+    if isinstance(output, torch.futures.Future):
+        raise AttributionArgumentError(
+            "forward_func returned a torch.futures.Future: call attribute_future(...) instead of attribute(...)"
+        )
     if not isinstance(output, Tensor):
         output = torch.as_tensor(output)
     return select_targets(output, target)

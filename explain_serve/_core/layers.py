@@ -19,6 +19,7 @@ from .gradients import check_scalar_per_example
 from .hooks import HookSession
 from .inputs import run_forward
 from .targets import TargetType
+from .errors import AttributionArgumentError, check_index
 
 
 class StopForward(BaseException):
@@ -53,15 +54,17 @@ def tap(session: HookSession, layer: nn.Module, to_input: bool) -> Any:
             return None
         if plan.values is not None:
             if len(plan.values) != len(current):
-                raise ValueError(f"layer has {len(current)} tensors, got {len(plan.values)} values to substitute")
+                raise AttributionArgumentError(f"layer has {len(current)} tensors, got {len(plan.values)} values to substitute")
             plan.seen.append(plan.values)
             return plan.values
         if plan.stop:
             plan.seen.append(current)
             raise StopForward
         if not plan.clone:
+            # the forward goes on with copies: an in-place module after the layer
+            # (ReLU(inplace=True)) must not change what was captured
             plan.seen.append(current)
-            return None
+            return tuple(t.clone() for t in current)
         # gradients will be taken w.r.t. these tensors: make sure they are graph nodes (a frozen
         # model gives tensors that do not require grad), and let the forward go on with clones
         current = tuple(
@@ -224,11 +227,12 @@ def select_neuron(tensors: Tuple[Tensor, ...], selector) -> Tensor:
     if callable(selector):
         return selector(tensors if len(tensors) > 1 else tensors[0])
     if len(tensors) != 1:
-        raise ValueError("cannot index a neuron in a layer with several tensors; pass a callable neuron_selector")
+        raise AttributionArgumentError("cannot index a neuron in a layer with several tensors; pass a callable neuron_selector")
     index = (selector,) if isinstance(selector, int) else tuple(selector)
     t = tensors[0]
     if len(index) > t.dim() - 1:
-        raise ValueError(f"neuron_selector {selector} has more indices than the layer's shape {tuple(t.shape[1:])}")
+        raise AttributionArgumentError(f"neuron_selector {selector} has more indices than the layer's shape {tuple(t.shape[1:])}")
+    check_index(index, t.shape[1:], "neuron_selector")
     out = t[(slice(None), *index)]
     if any(isinstance(i, slice) for i in index):
         out = out.reshape(out.shape[0], -1).sum(1)

@@ -13,13 +13,16 @@ from torch import Tensor
 
 from .batching import budget_units, chunks
 from .inputs import as_tuple, expand_args, run_forward
+from .progress import expect_forwards, forward_done
 from .targets import TargetType, expand_target
+from .errors import AttributionArgumentError
 
 
 def forward_tensor(forward_func: Callable, inputs, target, args) -> Tensor:
     """``run_forward`` without gradients, python scalars turned into tensors."""
     with torch.no_grad():
         out = run_forward(forward_func, inputs, target, args)
+    forward_done()
     if not isinstance(out, Tensor):  # pragma: no cover - run_forward already tensorizes
         out = torch.as_tensor(out)
     return out.detach()
@@ -29,7 +32,7 @@ def check_per_eval(perturbations_per_eval: Optional[int]) -> None:
     if perturbations_per_eval is not None and (
         not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1
     ):
-        raise ValueError("perturbations_per_eval must be None or an integer >= 1")
+        raise AttributionArgumentError("perturbations_per_eval must be None or an integer >= 1")
 
 
 def is_aggregate(output: Tensor, num_examples: int) -> bool:
@@ -52,19 +55,19 @@ def format_masks(feature_mask: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor,
         return tuple(masks)
     masks = as_tuple(feature_mask)
     if len(masks) != len(inputs):
-        raise ValueError(f"got {len(masks)} feature masks for {len(inputs)} inputs")
+        raise AttributionArgumentError(f"got {len(masks)} feature masks for {len(inputs)} inputs")
     out = []
     for m, x in zip(masks, inputs):
         m = torch.as_tensor(m, device=x.device)
         if m.dim() > x.dim():
-            raise ValueError(f"feature mask of shape {tuple(m.shape)} has more dims than input {tuple(x.shape)}")
+            raise AttributionArgumentError(f"feature mask of shape {tuple(m.shape)} has more dims than input {tuple(x.shape)}")
         m = m.reshape((1,) * (x.dim() - m.dim()) + tuple(m.shape))
         if m.shape[0] not in (1, x.shape[0]):
-            raise ValueError(f"feature mask batch size {m.shape[0]} must be 1 or {x.shape[0]}")
+            raise AttributionArgumentError(f"feature mask batch size {m.shape[0]} must be 1 or {x.shape[0]}")
         try:
             m = m.expand((m.shape[0],) + tuple(x.shape[1:]))
         except RuntimeError as e:
-            raise ValueError(f"feature mask of shape {tuple(m.shape)} does not broadcast to {tuple(x.shape)}") from e
+            raise AttributionArgumentError(f"feature mask of shape {tuple(m.shape)} does not broadcast to {tuple(x.shape)}") from e
         out.append(m.long() if m.dtype != torch.long else m)
     return tuple(out)
 
@@ -90,12 +93,16 @@ def evaluate_chunks(
     """
     auto = per_eval is None
     if auto:
-        per_eval = budget_units(inputs)
+        # inputs of different batch sizes (a shared context tensor) may be combined in any way by
+        # the forward: stacking copies could change what it computes, so evaluate one at a time
+        same_batch = len({x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim()}) <= 1
+        per_eval = budget_units(inputs) if same_batch else 1
     unit_numel = 1
     for d in unit_shape:
         unit_numel *= d
     rows = unit_shape[0] if len(unit_shape) else None
     sl_iter = list(chunks(n_units, per_eval))
+    expect_forwards(len(sl_iter))
     i = 0
     while i < len(sl_iter):
         sl = sl_iter[i]
@@ -105,9 +112,11 @@ def evaluate_chunks(
         if not ok:
             if n > 1 and auto:
                 # aggregate forward: redo the rest one unit at a time
-                sl_iter = sl_iter[:i] + [slice(j, j + 1) for j in range(sl.start, n_units)]
+                rest = [slice(j, j + 1) for j in range(sl.start, n_units)]
+                expect_forwards(len(rest) - (len(sl_iter) - i) + 1)
+                sl_iter = sl_iter[:i] + rest
                 continue
-            raise AssertionError(
+            raise AttributionArgumentError(
                 "forward_func's output should grow with the input batch size when "
                 f"perturbations_per_eval > 1: one evaluation gives shape {tuple(unit_shape)}, "
                 f"{n} stacked perturbations gave {tuple(out.shape)}"
@@ -133,7 +142,7 @@ def values_to_inputs(values: Tensor, mask_index: Tensor, out_shape: Sequence[int
         return res.reshape(tuple(out_shape) + inner)
     b = idx.shape[0]
     if len(out_shape) == 0 or out_shape[0] != b:
-        raise ValueError("per-example feature masks need an output with one row per example")
+        raise AttributionArgumentError("per-example feature masks need an output with one row per example")
     per = values.reshape(n_feat, b, -1).permute(1, 0, 2)  # (B, F, K)
     k = per.shape[2]
     res = torch.gather(per, 1, idx.unsqueeze(-1).expand(b, idx.shape[1], k))  # (B, P, K)

@@ -10,6 +10,8 @@ from typing import Tuple
 
 import numpy as np
 
+from .errors import AttributionArgumentError
+
 METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
 
@@ -21,7 +23,7 @@ def nodes_and_weights(method: str, n_steps: int) -> Tuple[Tuple[float, ...], Tup
 
 def _nodes(method: str, n_steps: int):
     if n_steps < 1:
-        raise ValueError(f"n_steps must be at least 1, got {n_steps}")
+        raise AttributionArgumentError(f"n_steps must be at least 1, got {n_steps}")
     if method == "gausslegendre":
         x, w = np.polynomial.legendre.leggauss(n_steps)
         return list(0.5 * (1.0 + x)), list(0.5 * w)
@@ -29,7 +31,7 @@ def _nodes(method: str, n_steps: int):
         # Captum-compatible: end points at 0 and 1 with weights 1/n (halved at both ends), so the
         # weights sum to (n-1)/n rather than 1; kept so that results equal Captum's.
         if n_steps < 2:
-            raise ValueError("riemann_trapezoid needs n_steps >= 2")
+            raise AttributionArgumentError("riemann_trapezoid needs n_steps >= 2")
         weights = [1.0 / n_steps] * n_steps
         weights[0] = weights[-1] = 0.5 / n_steps
         return list(np.linspace(0.0, 1.0, n_steps)), weights
@@ -41,4 +43,4 @@ def _nodes(method: str, n_steps: int):
     if method == "riemann_middle":
         half = 0.5 / n_steps
         return list(np.linspace(half, 1.0 - half, n_steps)), weights
-    raise ValueError(f"unknown integration method {method!r}; choose one of {', '.join(METHODS)}")
+    raise AttributionArgumentError(f"unknown integration method {method!r}; choose one of {', '.join(METHODS)}")

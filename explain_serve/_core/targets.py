@@ -11,15 +11,27 @@ from typing import Any, List, Tuple, Union
 import torch
 from torch import Tensor
 
+from .errors import AttributionArgumentError, IndexOutOfRangeError, check_index
+
 TargetType = Union[None, int, Tuple[int, ...], Tensor, List[Any]]
 
 
 def _select_column(output: Tensor, index: Tuple[int, ...]) -> Tensor:
     if len(index) > output.dim() - 1:
-        raise ValueError(
+        raise AttributionArgumentError(
             f"target {index} has more indices than the output's non-batch dimensions {tuple(output.shape[1:])}"
         )
+    check_index(index, output.shape[1:], "target")
     return output[(slice(None), *index)]
+
+
+def _check_classes(low: int, high: int, output: Tensor) -> None:
+    """Per-example class targets must lie in ``0..classes-1`` (gathered: no negative indices)."""
+    n = output.shape[1]
+    if low < 0 or high >= n:
+        raise IndexOutOfRangeError(
+            f"per-example targets must be in 0..{n - 1} for an output with {n} classes, got {low if low < 0 else high}"
+        )
 
 
 def select_targets(output: Tensor, target: TargetType) -> Tensor:
@@ -38,23 +50,27 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
             return _select_column(output, (int(target.item()),))
         if target.dim() == 1 and target.numel() == output.shape[0]:
             if output.dim() != 2:
-                raise ValueError("a tensor of per-example targets needs a 2-D output (batch, classes)")
+                raise AttributionArgumentError("a tensor of per-example targets needs a 2-D output (batch, classes)")
+            _check_classes(int(target.min()), int(target.max()), output)
             return torch.gather(output, 1, target.reshape(-1, 1).to(output.device)).squeeze(1)
-        raise ValueError(
+        raise AttributionArgumentError(
             f"target tensor of shape {tuple(target.shape)} does not match {output.shape[0]} examples"
         )
     if isinstance(target, list):
         if len(target) != output.shape[0]:
-            raise ValueError(f"target list has {len(target)} entries for {output.shape[0]} examples")
+            raise AttributionArgumentError(f"target list has {len(target)} entries for {output.shape[0]} examples")
         if all(isinstance(t, int) for t in target):
             if output.dim() != 2:
-                raise ValueError("a list of per-example int targets needs a 2-D output (batch, classes)")
+                raise AttributionArgumentError("a list of per-example int targets needs a 2-D output (batch, classes)")
+            _check_classes(min(target), max(target), output)
             index = torch.tensor(target, device=output.device).reshape(-1, 1)
             return torch.gather(output, 1, index).squeeze(1)
         if all(isinstance(t, tuple) for t in target):
+            for t in target:
+                check_index(t, output.shape[1:], "target")
             return torch.stack([output[(i, *t)] for i, t in enumerate(target)])
-        raise ValueError("a target list must hold only ints or only index tuples")
-    raise ValueError(f"target of type {type(target).__name__} is not supported")
+        raise AttributionArgumentError("a target list must hold only ints or only index tuples")
+    raise AttributionArgumentError(f"target of type {type(target).__name__} is not supported")
 
 
 def expand_target(target: TargetType, n: int, interleave: bool = False) -> TargetType:

@@ -31,6 +31,8 @@ _EXPORTS = {
     "get_exp_kernel_similarity_function": "lime",
     "default_perturb_func": "lime",
     "default_from_interp_rep_transform": "lime",
+    "DataLoaderAttribution": "dataloader_attr",
+    "InputRole": "dataloader_attr",
     # layer methods
     "LayerIntegratedGradients": "layer.integrated_gradients",
     "LayerActivation": "layer.activation",
@@ -55,6 +57,11 @@ _EXPORTS = {
     # LRP
     "LRP": "lrp",
     "LayerLRP": "lrp",
+    "PropagationRule": "lrp_rules",
+    "EpsilonRule": "lrp_rules",
+    "GammaRule": "lrp_rules",
+    "Alpha1_Beta0_Rule": "lrp_rules",
+    "IdentityRule": "lrp_rules",
     # embedding helpers
     "configure_interpretable_embedding_layer": "embeddings",
     "remove_interpretable_embedding_layer": "embeddings",
@@ -73,6 +80,21 @@ _EXPORTS = {
     "RemoteLLMAttribution": "llm.remote",
     "RemoteLLMProvider": "llm.remote",
     "VLLMProvider": "llm.remote",
+    # streaming summaries of attributions
+    "Summarizer": "summarizer",
+    "SummarizerSingleTensor": "summarizer",
+    "ClassSummarizer": "summarizer",
+    "Stat": "stat",
+    "StatValue": "stat",
+    "CommonStats": "stat",
+    "Mean": "stat",
+    "Var": "stat",
+    "StdDev": "stat",
+    "MSE": "stat",
+    "Min": "stat",
+    "Max": "stat",
+    "Sum": "stat",
+    "Count": "stat",
     # bases
     "Attribution": "_base",
     "GradientAttribution": "_base",

@@ -24,6 +24,12 @@ class Attribution:
     def attribute(self, inputs, *args, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def attribute_future(self, *args: Any, **kwargs: Any):
+        """Attribution with a forward that returns ``torch.futures.Future``; only the
+        forward-only methods that Captum gives it have it (FeatureAblation, FeaturePermutation,
+        ShapleyValueSampling, ShapleyValues)."""
+        raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
+
     @property
     def multiplies_by_inputs(self) -> bool:
         """Whether attributions are scaled by (input - baseline) (Captum's global vs local attribution)."""

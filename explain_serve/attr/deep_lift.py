@@ -31,6 +31,7 @@ from .._core.inputs import (
 )
 from .._core.targets import expand_target
 from ._base import GradientAttribution
+from .._core.errors import AttributionArgumentError
 
 
 def _doubled_diff(t: Tensor) -> Tensor:
@@ -91,7 +92,7 @@ def call_custom_attribution_func(func: Callable, multipliers, inputs, baselines)
         return func(multipliers, inputs)
     if n_params == 3:
         return func(multipliers, inputs, baselines)
-    raise ValueError("custom_attribution_func must take 1, 2 or 3 arguments")
+    raise AttributionArgumentError("custom_attribution_func must take 1, 2 or 3 arguments")
 
 
 class DeepLift(GradientAttribution, HookedMethod):
@@ -117,7 +118,7 @@ class DeepLift(GradientAttribution, HookedMethod):
         n = inputs[0].shape[0]
         for b in baselines:
             if b.shape[0] != n:
-                raise ValueError(f"baselines must have batch size 1 or {n}, got {b.shape[0]}")
+                raise AttributionArgumentError(f"baselines must have batch size 1 or {n}, got {b.shape[0]}")
         extra = expand_args(args, 2)
 
         def joint_forward(*xs):

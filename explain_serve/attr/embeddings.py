@@ -22,6 +22,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .._core.errors import AttributionArgumentError
+
 
 class InterpretableEmbeddingBase(nn.Module):
     """Stands in for an embedding layer: ``forward`` returns the embeddings it is given;
@@ -36,7 +38,7 @@ class InterpretableEmbeddingBase(nn.Module):
 
     def forward(self, *inputs, **kwargs):
         if not inputs and not kwargs:
-            raise ValueError("InterpretableEmbeddingBase needs the embedding tensor as its first argument")
+            raise AttributionArgumentError("InterpretableEmbeddingBase needs the embedding tensor as its first argument")
         return inputs[0] if inputs else next(iter(kwargs.values()))
 
     def indices_to_embeddings(self, *inputs, **kwargs):
@@ -66,7 +68,7 @@ def configure_interpretable_embedding_layer(model: nn.Module, embedding_layer_na
     """Replace ``model.<embedding_layer_name>`` by a pass-through taking embeddings; returns it."""
     layer = _get(model, embedding_layer_name)
     if isinstance(layer, InterpretableEmbeddingBase):
-        raise AssertionError(f"InterpretableEmbeddingBase has already been configured for layer {embedding_layer_name}")
+        raise AttributionArgumentError(f"InterpretableEmbeddingBase has already been configured for layer {embedding_layer_name}")
     warnings.warn(
         "The embedding layer is replaced by an interpretable embedding layer that takes embedding "
         "vectors as inputs; call remove_interpretable_embedding_layer to restore the model "

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._core.futures import attribute_as_future
 from .._core.inputs import (
     as_tuple,
     format_args,
@@ -23,6 +24,7 @@ from .._core.inputs import (
     is_tuple,
     tensorize_baselines,
 )
+from .._core.progress import shows_progress
 from .._core.targets import TargetType
 from .._core.perturbation import (
     ablate_with_masks,
@@ -34,6 +36,7 @@ from .._core.perturbation import (
     values_to_inputs,
 )
 from ._base import PerturbationAttribution
+from .._core.errors import AttributionArgumentError
 
 # --------------------------------------------------------------------------------------------
 # FeatureAblation
@@ -64,6 +67,7 @@ class FeatureAblation(PerturbationAttribution):
         return tuple(out)
 
     # -------------------------------------------------------------------------------------
+    @shows_progress
     def attribute(
         self,
         inputs,
@@ -78,8 +82,8 @@ class FeatureAblation(PerturbationAttribution):
         """Ablate each feature group (``feature_mask``; default: every scalar) to ``baselines``.
 
         ``perturbations_per_eval=None`` (default) evaluates as many ablated copies of the batch
-        per forward as fit in the memory budget; an int bounds it. ``show_progress`` is
-        accepted and ignored.
+        per forward as fit in the memory budget; an int bounds it. ``show_progress`` draws a
+        progress bar on stderr.
         """
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
@@ -92,17 +96,22 @@ class FeatureAblation(PerturbationAttribution):
         )
         return format_output(was_tuple, attrs)
 
-    def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None):
+    def attribute_future(self, *args: Any, **kwargs: Any):
+        """``attribute`` for a forward that returns ``torch.futures.Future``; returns a Future."""
+        return attribute_as_future(self, *args, **kwargs)
+
+    def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None, partial=False):
+        """``partial``: ``feats`` leaves out some feature ids of the masks (their attribution is 0)."""
         num_examples = inputs[0].shape[0]
         initial = forward_tensor(self.forward_func, inputs, target, args)
         agg = is_aggregate(initial, num_examples)
         if agg:
             if any(m.shape[0] != 1 for m in masks):
-                raise AssertionError(
+                raise AttributionArgumentError(
                     "Cannot provide different masks for each example when function returns a scalar."
                 )
             if per_eval is not None and per_eval > 1:
-                raise AssertionError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
+                raise AttributionArgumentError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
             per_eval = 1
         if feats is None:
             feats = self._feature_ids(masks)
@@ -127,8 +136,14 @@ class FeatureAblation(PerturbationAttribution):
             diffs = initial.new_zeros((0,) + tuple(out_shape))
         attrs = []
         sorted_feats, order = torch.sort(feats)
+        if partial:  # positions of features not evaluated read an extra row of zeros
+            diffs = torch.cat([diffs, diffs.new_zeros((1,) + tuple(out_shape))], 0)
         for x, m in zip(inputs, masks):
-            rank = order[torch.searchsorted(sorted_feats, m.contiguous())]
+            if partial:
+                pos = torch.searchsorted(sorted_feats, m.contiguous()).clamp_(max=max(n_feat - 1, 0))
+                rank = torch.where(sorted_feats[pos] == m, order[pos], n_feat) if n_feat else torch.zeros_like(m)
+            else:
+                rank = order[torch.searchsorted(sorted_feats, m.contiguous())]
             a = values_to_inputs(diffs, rank, out_shape, x.shape)
             attrs.append(a.reshape((n_out,) + tuple(x.shape[1:])))
         return tuple(attrs)

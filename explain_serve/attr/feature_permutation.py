@@ -7,15 +7,18 @@ random permutations are drawn per feature, then per input tensor holding it, in 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 
 from .._core.inputs import as_tuple, format_args, format_output, is_tuple
+from .._core.progress import shows_progress
 from .._core.targets import TargetType
 from .._core.perturbation import check_per_eval, format_masks
 from .feature_ablation import FeatureAblation
+from .._core.errors import AttributionArgumentError
 
 
 def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
@@ -25,7 +28,7 @@ def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
 
 def _random_permutation(n: int, device=None) -> Tensor:
     if n < 2:
-        raise AssertionError("cannot permute features with batch_size = 1")
+        raise AttributionArgumentError("cannot permute features with batch_size = 1")
     perm = torch.randperm(n)
     while bool((perm == torch.arange(n)).all()):
         perm = torch.randperm(n)
@@ -42,6 +45,9 @@ class FeaturePermutation(FeatureAblation):
     def __init__(self, forward_func: Callable, perm_func: Callable[[Tensor, Tensor], Tensor] = _permute_feature) -> None:
         super().__init__(forward_func)
         self.perm_func = perm_func
+        # a feature held by an input tensor with fewer examples than this is not permuted
+        # (attribution 0, with a warning), as in Captum
+        self._min_examples_per_batch_grouped: Optional[int] = 2
 
     def _feature_ids(self, masks):
         # discovery order: the features of input 0 (sorted), then new ones of input 1, ...
@@ -53,20 +59,37 @@ class FeaturePermutation(FeatureAblation):
                     order.append(v)
         return torch.tensor(order, dtype=torch.long, device=masks[0].device)
 
+    def _permutable(self, feats: Tensor, inputs, masks) -> Tensor:
+        """The features whose every holding input has at least ``_min_examples_per_batch_grouped``
+        examples (the others keep attribution 0, with a warning)."""
+        least = self._min_examples_per_batch_grouped
+        if least is None:
+            return feats
+        small = [torch.unique(m) for x, m in zip(inputs, masks) if x.shape[0] < least and x.numel()]
+        if not small:
+            return feats
+        skip = torch.isin(feats, torch.cat(small))
+        if bool(skip.any()):
+            warnings.warn(
+                f"Skipping feature groups {feats[skip].tolist()}: they are held by an input tensor with "
+                f"fewer than {least} examples, so they cannot be permuted across the batch (attribution 0)",
+                stacklevel=4,
+            )
+        return feats[~skip]
+
     def _build(self, sl, feats, inputs, baselines, masks):
         ids = feats[sl].tolist()
         n = len(ids)
         holders = [set(torch.unique(m).tolist()) for m in masks]
         default = self.perm_func is _permute_feature
-        b = inputs[0].shape[0]
-        perms = [torch.arange(b).repeat(n, 1) for _ in inputs] if default else None
+        perms = [torch.arange(x.shape[0]).repeat(n, 1) for x in inputs] if default else None
         custom = [[x for _ in range(n)] for x in inputs] if not default else None
         for j, f in enumerate(ids):
             for i, m in enumerate(masks):
                 if f not in holders[i]:
                     continue
                 if default:
-                    perms[i][j] = _random_permutation(b)
+                    perms[i][j] = _random_permutation(inputs[i].shape[0])
                 else:
                     custom[i][j] = self.perm_func(inputs[i], m == f)
         out = []
@@ -76,9 +99,10 @@ class FeaturePermutation(FeatureAblation):
                 continue
             sel = m.unsqueeze(0) == torch.tensor(ids, device=m.device).view((-1,) + (1,) * m.dim())
             shuffled = x[perms[i].to(x.device).reshape(-1)].reshape((n,) + tuple(x.shape))
-            out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * b,) + tuple(x.shape[1:])))
+            out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
         return tuple(out)
 
+    @shows_progress
     def attribute(  # type: ignore[override]
         self,
         inputs,
@@ -96,5 +120,10 @@ class FeaturePermutation(FeatureAblation):
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
-        attrs = self._ablation_attributions(inputs, baselines, masks, target, args, perturbations_per_eval, self._build)
+        feats = self._feature_ids(masks)
+        kept = self._permutable(feats, inputs, masks)
+        attrs = self._ablation_attributions(
+            inputs, baselines, masks, target, args, perturbations_per_eval, self._build, kept,
+            partial=kept.numel() != feats.numel(),
+        )
         return format_output(was_tuple, attrs)

@@ -15,6 +15,7 @@ from .._core.inputs import as_tuple, format_args, format_output, is_tuple
 from .._core.layers import layer_gradients, tap_around
 from ._base import GradientAttribution, LayerAttribution
 from .guided_backprop import GuidedBackprop
+from .._core.errors import AttributionArgumentError
 
 
 class LayerGradCam(LayerAttribution, GradientAttribution, HookedMethod):
@@ -70,7 +71,7 @@ class GuidedGradCam(GradientAttribution):
         )
         if isinstance(cam, tuple):
             if len(cam) != 1:
-                raise ValueError("GuidedGradCam needs a layer with a single output")
+                raise AttributionArgumentError("GuidedGradCam needs a layer with a single output")
             cam = cam[0]
         guided = as_tuple(self.guided_backprop.attribute(inputs, target, additional_forward_args))
         out = []

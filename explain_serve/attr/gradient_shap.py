@@ -6,10 +6,10 @@ over samples approximates SHAP values. Implemented as ``NoiseTunnel(InputBaselin
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .._core.gradients import gradients, leaf_inputs
+from .._core.samples import shared_uniform
 from .._core.inputs import (
     as_tuple,
     baseline_distribution,
@@ -36,7 +36,7 @@ class InputBaselineXGradient(GradientAttribution):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
-        alpha = torch.as_tensor(np.random.uniform(0.0, 1.0, inputs[0].shape[0]), dtype=inputs[0].dtype, device=inputs[0].device)
+        alpha = torch.as_tensor(shared_uniform(inputs[0].shape[0]), dtype=inputs[0].dtype, device=inputs[0].device)
         points = tuple(
             b + alpha.view(-1, *([1] * (x.dim() - 1))) * (x - b) for x, b in zip(inputs, baselines)
         )

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .._core.targets import TargetType
+from .._core.progress import shows_progress
 from .lime import InterpretableLinearModel, Lime
 
 
@@ -32,6 +33,7 @@ class KernelShap(Lime):
         )
         self.inf_weight = 1000000.0
 
+    @shows_progress
     def attribute(  # type: ignore[override]
         self,
         inputs,

@@ -33,6 +33,7 @@ from .._core.inputs import (
 )
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
+from .._core.progress import shows_progress
 from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, values_to_inputs
 
 
@@ -225,6 +226,7 @@ class LimeBase(PerturbationAttribution):
             coefs.append(torch.as_tensor(model.representation()).reshape(-1))
         return torch.stack(coefs)
 
+    @shows_progress
     def attribute(
         self,
         inputs,
@@ -297,6 +299,7 @@ class Lime(LimeBase):
             None,
         )
 
+    @shows_progress
     def attribute(  # type: ignore[override]
         self,
         inputs,

@@ -22,7 +22,7 @@ from .._core.hooks import GradRecord, HookedMethod, HookSession
 from .._core.inputs import as_tuple, format_args, format_output, is_tuple
 from .._core.layers import format_layers, layer_gradients, tap_around
 from ._base import GradientAttribution, LayerAttribution
-from .lrp_rules import EpsilonRule, PropagationRule
+from .lrp_rules import EpsilonRule, PropagationRule, as_rule
 
 # default rule per layer type (Captum's table, plus the 1-d/3-d variants)
 SUPPORTED_LAYERS_WITH_RULES = {
@@ -47,6 +47,18 @@ def _float_leaves(inputs):
     return tuple(x.detach().requires_grad_(True) if x.is_floating_point() else x for x in inputs)
 
 
+def _called_once(scratch, module, args):
+    """Captum's LRP error for a rule layer called twice in one forward (its relevance would be
+    ambiguous: whose output relevance does it redistribute?)."""
+    key = ("lrp-called", id(module))
+    if key in scratch:
+        raise RuntimeError(
+            f"Module {module} is being used more than once in the network, which is not supported by LRP. "
+            "Please ensure that module is being used only once in the network."
+        )
+    scratch[key] = True
+
+
 class LRP(GradientAttribution, HookedMethod):
     """LRP with per-module rules: ``module.rule`` (Captum's convention), ``rules={module: rule}``
     (takes precedence), else the default rule of the module's type."""
@@ -63,16 +75,21 @@ class LRP(GradientAttribution, HookedMethod):
         self.verbose = False
         for module in model.modules():
             rule = self.rules.get(module, getattr(module, "rule", None))
-            if rule is not None and not isinstance(rule, PropagationRule):
-                raise TypeError(f"Please select propagation rules inherited from PropagationRule for module: {module}")
+            if rule is not None:
+                try:
+                    as_rule(rule)
+                except TypeError:
+                    raise TypeError(
+                        f"Please select propagation rules inherited from PropagationRule for module: {module}"
+                    ) from None
 
     def _rule_for(self, module: nn.Module):
         """The module's rule now (None: pass relevance through); read per call, never stored."""
         if module in self.rules:
-            return self.rules[module]
+            return as_rule(self.rules[module])
         rule = getattr(module, "rule", _NO_RULE)
         if rule is not _NO_RULE:
-            return rule
+            return None if rule is None else as_rule(rule)
         if type(module) in SUPPORTED_NON_LINEAR_LAYERS:
             return None
         default = SUPPORTED_LAYERS_WITH_RULES.get(type(module))
@@ -106,6 +123,8 @@ class LRP(GradientAttribution, HookedMethod):
                 )
             if self.verbose:
                 print(f"Applied {rule} on layer {module}")
+            if rule is not None:
+                session.forward_pre_hook(module, _called_once)
             session.override_gradient(module, self._relevance, self._normalised)
 
     def attribute(self, inputs, target=None, additional_forward_args=None, return_convergence_delta: bool = False, verbose: bool = False):

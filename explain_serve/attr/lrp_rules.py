@@ -104,3 +104,48 @@ class IdentityRule(EpsilonRule):
 
     def propagate(self, module: nn.Module, a: Tensor, relevance: Tensor) -> Tensor:
         return relevance
+
+
+class CaptumStyleRule(PropagationRule):
+    """Adapter for a rule object with Captum's interface (``STABILITY_FACTOR``,
+    ``_manipulate_weights(module, inputs, outputs)`` that edits ``module.weight.data`` in place,
+    and for the identity rule ``_create_backward_hook_input``): the parameter edit is applied to
+    a private copy of the layer, never to the model's own module."""
+
+    def __init__(self, rule: object) -> None:
+        self.rule = rule
+        self.STABILITY_FACTOR = getattr(rule, "STABILITY_FACTOR", PropagationRule.STABILITY_FACTOR)
+        self._identity = any(c.__name__ == "IdentityRule" for c in type(rule).__mro__)
+
+    def _modifies(self) -> bool:
+        return not self._identity and any(
+            c.__name__ not in ("EpsilonRule", "PropagationRule") and "_manipulate_weights" in vars(c)
+            for c in type(self.rule).__mro__
+        )
+
+    def uses_module_backward(self) -> bool:
+        return not self._identity and not self._modifies()
+
+    def layer_output(self, module: nn.Module, a: Tensor) -> Tensor:
+        if not self._modifies():
+            return module.forward(a)
+        import copy
+
+        private = copy.deepcopy(module)
+        with torch.no_grad():
+            self.rule._manipulate_weights(private, (a,), None)
+        return private.forward(a)
+
+    def propagate(self, module: nn.Module, a: Tensor, relevance: Tensor) -> Tensor:
+        if self._identity:
+            return relevance
+        return super().propagate(module, a, relevance)
+
+
+def as_rule(rule: object) -> PropagationRule:
+    """``rule`` as one of ours: our rules as they are, Captum-style rule objects adapted."""
+    if isinstance(rule, PropagationRule):
+        return rule
+    if callable(getattr(rule, "_manipulate_weights", None)):
+        return CaptumStyleRule(rule)
+    raise TypeError(f"Please select propagation rules inherited from PropagationRule, got {type(rule).__name__}")

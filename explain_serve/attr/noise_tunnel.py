@@ -3,18 +3,21 @@
 Wraps any attribution method: each example is repeated ``nt_samples`` times with Gaussian noise,
 the wrapped method runs on the noisy copies (``nt_samples_batch_size`` samples per call, default
 all of them in one call) and the attributions are averaged (or their squares / their variance).
+The noise samples are drawn once per call and shared by the examples, so under a seed an example
+gets the same answer in a batch as alone, whatever ``nt_samples_batch_size``.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
 from .._core.batching import chunks
+from .._core.samples import samples_per_example, shared_choice
 from .._core.inputs import as_tuple, expand_args, format_args, format_baselines, format_output, is_tuple
 from .._core.targets import expand_target
 from ._base import Attribution, GradientAttribution
+from .._core.errors import AttributionArgumentError
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -31,7 +34,7 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         bsz = inputs[0].shape[0]
         if draw_baseline_from_distrib:
             baselines = tuple(
-                b[np.random.choice(b.shape[0], n * bsz).tolist()] if isinstance(b, torch.Tensor) else b
+                b[shared_choice(b.shape[0], n, bsz).tolist()] if isinstance(b, torch.Tensor) else b
                 for b in baselines
             )
         else:
@@ -47,6 +50,21 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         masks = tuple(m.repeat_interleave(n, dim=0) if m.shape[0] > 1 else m for m in masks)
         out["feature_mask"] = masks if isinstance(out["feature_mask"], tuple) else masks[0]
     return out
+
+
+def _noise_samples(inputs, stdevs, nt_samples: int) -> list:
+    """Per input, ``nt_samples`` noise samples of one example's shape (None where the stdev is 0),
+    shared by every example of the batch: an example gets the noise it would get alone, and the
+    chunking (``nt_samples_batch_size``) does not change it. Drawn from a generator seeded by one
+    draw of torch's global RNG, so ``torch.manual_seed`` decides the noise."""
+    if not any(stdevs):
+        return [None] * len(inputs)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    return [
+        torch.randn((nt_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed + k), dtype=x.dtype)
+        .to(x.device) * s if s else None
+        for k, (x, s) in enumerate(zip(inputs, stdevs))
+    ]
 
 
 class NoiseTunnel(Attribution):
@@ -74,15 +92,16 @@ class NoiseTunnel(Attribution):
         **kwargs,
     ):
         if nt_type not in NT_TYPES:
-            raise ValueError(f"nt_type must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")
+            raise AttributionArgumentError(f"nt_type must be one of {', '.join(NT_TYPES)}, got {nt_type!r}")
         return_delta = bool(kwargs.pop("return_convergence_delta", False))
         if return_delta and not self.is_delta_supported:
-            raise ValueError(f"{type(self.attribution_method).__name__} has no convergence delta")
+            raise AttributionArgumentError(f"{type(self.attribution_method).__name__} has no convergence delta")
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
         stdevs = stdevs if isinstance(stdevs, tuple) else (stdevs,) * len(inputs)
         if len(stdevs) != len(inputs):
-            raise ValueError(f"got {len(stdevs)} stdevs for {len(inputs)} inputs")
+            raise AttributionArgumentError(f"got {len(stdevs)} stdevs for {len(inputs)} inputs")
         bsz = inputs[0].shape[0]
+        noise = _noise_samples(inputs, stdevs, nt_samples)
 
         total = total_sq = None
         deltas = []
@@ -90,14 +109,15 @@ class NoiseTunnel(Attribution):
         for sl in chunks(nt_samples, nt_samples_batch_size):
             n = sl.stop - sl.start
             noisy = tuple(
-                x.repeat_interleave(n, dim=0) + torch.randn((bsz * n, *x.shape[1:]), dtype=x.dtype, device=x.device) * s
-                if s else x.repeat_interleave(n, dim=0)
-                for x, s in zip(inputs, stdevs)
+                x.repeat_interleave(n, dim=0) + e[sl].repeat((bsz,) + (1,) * (x.dim() - 1))
+                if e is not None else x.repeat_interleave(n, dim=0)
+                for x, e in zip(inputs, noise)
             )
             part_kwargs = _expand_kwargs(kwargs, inputs, n, draw_baseline_from_distrib)
             if return_delta:
                 part_kwargs["return_convergence_delta"] = True
-            out = self.attribution_method.attribute(noisy if was_tuple else noisy[0], **part_kwargs)
+            with samples_per_example(n):
+                out = self.attribution_method.attribute(noisy if was_tuple else noisy[0], **part_kwargs)
             if return_delta:
                 out, delta = out
                 deltas.append(delta)

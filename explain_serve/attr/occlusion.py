@@ -16,7 +16,9 @@ from torch import Tensor
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
 from .._core.perturbation import ablate_with_masks, check_per_eval, evaluate_chunks, forward_tensor, is_aggregate
+from .._core.progress import shows_progress
 from .feature_ablation import FeatureAblation
+from .._core.errors import AttributionArgumentError
 
 
 def _format_strides(strides, inputs: Tuple[Tensor, ...]):
@@ -25,13 +27,13 @@ def _format_strides(strides, inputs: Tuple[Tensor, ...]):
     if len(inputs) == 1 and not (isinstance(strides, tuple) and len(strides) == 1):
         strides = (strides,)
     if not (isinstance(strides, tuple) and len(strides) == len(inputs)):
-        raise ValueError("Strides must be provided for each input tensor.")
+        raise AttributionArgumentError("Strides must be provided for each input tensor.")
     out = []
     for s, x in zip(strides, inputs):
         if isinstance(s, int):
             s = (s,) * (x.dim() - 1)
         if not (isinstance(s, tuple) and len(s) == x.dim() - 1):
-            raise ValueError(f"stride {s} is invalid for input of shape {tuple(x.shape)}")
+            raise AttributionArgumentError(f"stride {s} is invalid for input of shape {tuple(x.shape)}")
         out.append(tuple(int(v) for v in s))
     return tuple(out)
 
@@ -40,10 +42,10 @@ def _format_windows(shapes, inputs: Tuple[Tensor, ...]):
     if isinstance(shapes[0], int):
         shapes = (shapes,)
     if len(shapes) != len(inputs):
-        raise ValueError("Must provide sliding window dimensions for each input tensor.")
+        raise AttributionArgumentError("Must provide sliding window dimensions for each input tensor.")
     for s, x in zip(shapes, inputs):
         if not (isinstance(s, tuple) and len(s) == x.dim() - 1):
-            raise ValueError(f"window {s} should be a tuple with {x.dim() - 1} dimensions")
+            raise AttributionArgumentError(f"window {s} should be a tuple with {x.dim() - 1} dimensions")
     return tuple(tuple(int(v) for v in s) for s in shapes)
 
 
@@ -72,6 +74,10 @@ class Occlusion(FeatureAblation):
             masks = torch.ones((idx.shape[0],), dtype=torch.bool, device=idx.device)
         return masks
 
+    def attribute_future(self, *args, **kwargs):
+        raise NotImplementedError("attribute_future is not implemented for Occlusion")
+
+    @shows_progress
     def attribute(  # type: ignore[override]
         self,
         inputs,
@@ -95,9 +101,9 @@ class Occlusion(FeatureAblation):
             c = []
             for n, wd, sd in zip(shape, w, s):
                 if wd > n:
-                    raise ValueError(f"Sliding window dimensions {w} cannot exceed input dimensions {shape}.")
+                    raise AttributionArgumentError(f"Sliding window dimensions {w} cannot exceed input dimensions {shape}.")
                 if n - wd > 0 and sd > wd:
-                    raise ValueError(f"Stride dimension {s} cannot be larger than sliding window shape dimension {w}.")
+                    raise AttributionArgumentError(f"Stride dimension {s} cannot be larger than sliding window shape dimension {w}.")
                 c.append(math.ceil((n - wd) / sd) + 1)
             counts.append(tuple(c))
         n_windows = [math.prod(c) for c in counts]
@@ -111,7 +117,7 @@ class Occlusion(FeatureAblation):
         per_eval = perturbations_per_eval
         if is_aggregate(initial, num_examples):
             if per_eval is not None and per_eval > 1:
-                raise AssertionError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
+                raise AttributionArgumentError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
             per_eval = 1
         device = inputs[0].device
 

@@ -27,6 +27,8 @@ from torch import Tensor
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
 from ._base import PerturbationAttribution
+from .._core.futures import attribute_as_future
+from .._core.progress import shows_progress
 from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, is_aggregate, values_to_inputs
 
 
@@ -36,6 +38,7 @@ class ShapleyValueSampling(PerturbationAttribution):
     def __init__(self, forward_func: Callable) -> None:
         super().__init__(forward_func)
 
+    @shows_progress
     def attribute(
         self,
         inputs,
@@ -51,10 +54,14 @@ class ShapleyValueSampling(PerturbationAttribution):
 
         Features are the integers ``0..max(feature_mask)`` (default: every scalar); the output
         has shape ``output.shape + input.shape[1:]`` per input (the inputs' shapes for a scalar
-        per example). ``show_progress`` is accepted and ignored.
+        per example). ``show_progress`` draws a progress bar on stderr.
         """
         return self._shapley(inputs, baselines, target, additional_forward_args, feature_mask,
                              n_samples, perturbations_per_eval, exact=False)
+
+    def attribute_future(self, *args: Any, **kwargs: Any):
+        """``attribute`` for a forward that returns ``torch.futures.Future``; returns a Future."""
+        return attribute_as_future(self, *args, **kwargs)
 
     # -------------------------------------------------------------------------------------
     def _shapley(self, inputs, baselines, target, additional_forward_args, feature_mask,
@@ -165,6 +172,7 @@ class ShapleyValueSampling(PerturbationAttribution):
 class ShapleyValues(ShapleyValueSampling):
     """Exact Shapley values (all ``2^n`` coalitions of the feature groups)."""
 
+    @shows_progress
     def attribute(  # type: ignore[override]
         self,
         inputs,

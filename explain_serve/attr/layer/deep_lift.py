@@ -24,6 +24,7 @@ from ..._core.targets import expand_target
 from .._base import GradientAttribution, convergence_delta
 from ..deep_lift import DeepLift, call_custom_attribution_func
 from ._base import LayerMethod
+from ..._core.errors import AttributionArgumentError
 
 
 class LayerDeepLift(LayerMethod, GradientAttribution):
@@ -87,7 +88,7 @@ class LayerDeepLiftShap(LayerDeepLift):
         inputs = as_tuple(inputs)
         baselines = as_tuple(callable_baselines(baselines, inputs if len(inputs) > 1 else inputs[0]))
         if baselines is None or not isinstance(baselines[0], torch.Tensor) or baselines[0].shape[0] < 2:
-            raise ValueError(
+            raise AttributionArgumentError(
                 "LayerDeepLiftShap needs a tensor distribution of more than one baseline; "
                 "use LayerDeepLift for a single baseline"
             )

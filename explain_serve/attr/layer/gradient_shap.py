@@ -7,11 +7,11 @@ layer at that point times ``layer(input) - layer(baseline)``, averaged over samp
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..._core.inputs import as_tuple, baseline_distribution, format_args, format_baselines, tensorize_baselines
 from ..._core.layers import layer_eval, layer_gradients
+from ..._core.samples import shared_uniform
 from .._base import GradientAttribution, convergence_delta
 from ..noise_tunnel import NoiseTunnel
 from ._base import LayerMethod
@@ -40,7 +40,7 @@ class LayerInputBaselineXGradient(LayerMethod, GradientAttribution):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         x0 = inputs[0]
-        alpha = torch.as_tensor(np.random.uniform(0.0, 1.0, x0.shape[0]), dtype=x0.dtype, device=x0.device)
+        alpha = torch.as_tensor(shared_uniform(x0.shape[0]), dtype=x0.dtype, device=x0.device)
         points = tuple(b + alpha.view(-1, *([1] * (x.dim() - 1))) * (x - b) for x, b in zip(inputs, baselines))
         side = attribute_to_layer_input
         with self._hooks() as scratch:

@@ -7,6 +7,7 @@ import torch
 
 from ..._core.inputs import as_tuple, format_args
 from ..._core.layers import LayerAsInput, layer_eval
+from ..._core.progress import shows_progress
 from ..feature_ablation import FeatureAblation
 from ..feature_permutation import FeaturePermutation
 from ._base import LayerMethod
@@ -26,6 +27,7 @@ class _LayerPerturbation(LayerMethod):
 
 
 class LayerFeatureAblation(_LayerPerturbation):
+    @shows_progress
     def attribute(
         self,
         inputs,
@@ -35,6 +37,8 @@ class LayerFeatureAblation(_LayerPerturbation):
         layer_mask=None,
         attribute_to_layer_input: bool = False,
         perturbations_per_eval: int = 1,
+        *,
+        show_progress: bool = False,  # an extension: Captum's layer and neuron methods draw no bar
     ):
         return self._layer_attribute(
             FeatureAblation, inputs, additional_forward_args, attribute_to_layer_input,
@@ -44,7 +48,11 @@ class LayerFeatureAblation(_LayerPerturbation):
 
 
 class LayerFeaturePermutation(_LayerPerturbation):
-    def attribute(self, inputs, target=None, additional_forward_args=None, layer_mask=None, perturbations_per_eval: int = 1):
+    @shows_progress
+    def attribute(
+        self, inputs, target=None, additional_forward_args=None, layer_mask=None, perturbations_per_eval: int = 1,
+        *, show_progress: bool = False,
+    ):
         return self._layer_attribute(
             FeaturePermutation, inputs, additional_forward_args, False,
             target=target, feature_mask=layer_mask, perturbations_per_eval=perturbations_per_eval,

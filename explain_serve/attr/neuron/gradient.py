@@ -20,6 +20,7 @@ from ..._core.inputs import (
 )
 from ..._core.layers import select_neuron, seen, tapped
 from ..._core.paths import integrate
+from ..._core.progress import shows_progress
 from ..._core.quadrature import nodes_and_weights
 from ..._core.targets import expand_target
 from .._base import GradientAttribution
@@ -94,6 +95,7 @@ class NeuronGradientShap(NeuronMethod, GradientAttribution):
 class NeuronFeatureAblation(NeuronMethod):
     _multiply_by_inputs = True
 
+    @shows_progress
     def attribute(
         self,
         inputs,
@@ -103,6 +105,8 @@ class NeuronFeatureAblation(NeuronMethod):
         feature_mask=None,
         attribute_to_neuron_input: bool = False,
         perturbations_per_eval: int = 1,
+        *,
+        show_progress: bool = False,  # an extension: Captum's layer and neuron methods draw no bar
     ):
         ablation = FeatureAblation(self.neuron_output)
         return self._on_neuron(

@@ -388,3 +388,36 @@ def test_empty_perturbed_prompt_is_a_clear_error():
     inp = es.TextTemplateInput("{}", values=["the cat"])  # ablated: "" and GPT-2 adds no BOS
     with pytest.raises(ValueError, match="no tokens left"):
         es.LLMAttribution(es.FeatureAblation(model), tok).attribute(inp, target=TARGET)
+
+
+def test_image_mask_input_through_a_processor(lm):
+    """A processor output (a mapping with input_ids) is scored row by row; equals ablation by hand."""
+    from PIL import Image
+
+    kind, model, tok = lm
+    pixels = torch.zeros(2, 4, 3, dtype=torch.uint8)
+    pixels[:, :2] = 200  # left half bright, right half dark
+    image = Image.fromarray(pixels.numpy())
+    mask = torch.zeros(2, 4, dtype=torch.int32)
+    mask[:, 2:] = 1
+
+    def processor(img):
+        arr = torch.tensor(np.array(img)).float().mean(-1)  # (2, 4) brightness
+        words = ["cat" if arr[:, :2].mean() > 150 else "dog", "tree" if arr[:, 2:].mean() > 150 else "mat"]
+        return {"input_ids": torch.tensor([tok.encode("the " + " and the ".join(words))])}
+
+    inp = es.ImageMaskInput(image, mask=mask, baseline=(255, 255, 255), processor_fn=processor)
+    res = es.LLMAttribution(es.FeatureAblation(model), tok).attribute(inp, target=TARGET)
+    target_ids = tok.encode(TARGET, add_special_tokens=False)
+
+    def score(row):
+        lp = reference_log_probs(model, inp.to_model_input(torch.tensor([row]))["input_ids"][0].tolist(), target_ids)
+        return torch.tensor([sum(lp)] + lp)
+
+    expected = torch.stack([score([1, 1]) - score([0, 1]), score([1, 1]) - score([1, 0])], 1)
+    torch.testing.assert_close(res.seq_attr, expected[0].to(res.seq_attr.dtype), atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.token_attr, expected[1:].to(res.token_attr.dtype), atol=1e-5, rtol=0)
+    assert res.input_tokens == ["image_feature_0", "image_feature_1"]
+    pytest.importorskip("matplotlib")
+    fig, _ = res.plot_image_heatmap(target_token_pos=(0, 2))
+    assert fig is not None

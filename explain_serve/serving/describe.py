@@ -44,7 +44,7 @@ def _param(spec: MethodSpec, p, cfg: Dict[str, Any], limits: Dict[str, Any], bas
     if p.kind == "baseline":
         out["choices"] = baselines  # or a number
         if out["default"] is None:
-            out["default"] = cfg["explain"]["baseline"]
+            out["default"] = cfg["explain"].get("baseline")
     return out
 
 
@@ -75,24 +75,26 @@ def describe(service) -> Dict[str, Any]:
     """The description of one loaded ``ExplainService`` (JSON-ready)."""
     cfg = service.cfg
     inp = cfg["input"]
-    baselines = list(cfg["explain"]["baselines"])
+    baselines = list(cfg["explain"].get("baselines") or {})
     methods = {}
+    unavailable = getattr(service, "unavailable", {})
     for name in cfg["explain"]["methods"]:
-        spec = METHODS[name]
+        spec = METHODS.get(name) or MethodSpec(name, name)  # a method another module registered: no known params
         limits = method_limits(cfg, name)
         entry: Dict[str, Any] = {
             "params": [_param(spec, p, cfg, limits, baselines) for p in spec.params],
             "convergence_delta": spec.delta, "random": spec.random, "layer": spec.layer,
             "compiled": _compiled(service, name),
         }
-        if name in service.unavailable:
-            entry["unavailable"] = service.unavailable[name].message
+        if name in unavailable:
+            entry["unavailable"] = unavailable[name].message
         methods[name] = entry
     kind_input = {k: v for k, v in inp.items() if k in _INPUT_FIELDS}
     if "image" in inp:
         kind_input["image"] = {k: inp["image"][k] for k in ("mode", "size") if k in inp["image"]}
-    if cfg["kind"] == "tabular":
+    if "features" in inp:
         kind_input["features"] = list(inp["features"])
+    if cfg["kind"] == "tabular":
         example = _example(service)
         if example is not None:
             kind_input["example"] = example
@@ -100,12 +102,13 @@ def describe(service) -> Dict[str, Any]:
         kind_input["text"] = {k: inp["text"][k] for k in ("max_tokens", "lowercase") if k in inp["text"]}
     return {
         "model": service.model_name, "version": service.version, "kind": cfg["kind"],
-        "labels": list(service.labels), "n_classes": service.n_classes, "output": cfg.get("output"),
+        "labels": list(getattr(service, "labels", None) or []), "n_classes": getattr(service, "n_classes", None),
+        "output": cfg.get("output"),
         "input": kind_input,
         "methods": methods, "default_method": cfg["explain"]["default_method"],
-        "baselines": {"names": baselines, "default": cfg["explain"]["baseline"]},
+        "baselines": {"names": baselines, "default": cfg["explain"].get("baseline")},
         "limits": dict(cfg["explain"]["limits"]),
-        "max_response_bytes": service.response_limit,
+        "max_response_bytes": getattr(service, "response_limit", None),
         "heatmap": cfg["kind"] == "image",
     }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from tests.browser import browser, page  # noqa: F401  (fixtures)
 from tests.serving.viewer_server import XSS_FEATURE, XSS_LABEL, viewer  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.serving
+expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)").expect
 RESOURCE_ERROR = "Failed to load resource"  # Chromium's console line for any 4xx answer
 
 
@@ -33,7 +35,7 @@ def ui(page, viewer, shots, request):
     """The page loaded; dialogs and responses recorded; on teardown, no key in any response body."""
     page.dialogs, responses = [], []
     page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-    page.on("response", responses.append)
+    page.on("response", lambda r: responses.append(r))
     page.goto(viewer["url"] + "/")
     page.wait_for_selector("body[data-ready=true]")
     yield page
@@ -52,13 +54,14 @@ def ui(page, viewer, shots, request):
 
 def choose(page, model, kind):
     page.get_by_test_id("model-select").select_option(model)
-    page.wait_for_function(f"document.getElementById('model-summary').textContent.startsWith('{kind} model')")
+    expect(page.get_by_test_id("model-summary")).to_have_text(re.compile(f"^{kind} model"))
 
 
 def explain(page):
+    """Click and wait until the page has drawn the answer or the error (the page counts finished requests)."""
+    done = int(page.locator("body").get_attribute("data-explained") or 0)
     page.get_by_test_id("explain-button").click()
-    page.wait_for_function("document.querySelectorAll('[data-testid=run]').length > 0 "
-                           "|| !document.getElementById('error').hidden")
+    page.wait_for_selector(f"body[data-explained='{done + 1}']")
 
 
 def digit_png(viewer_store) -> bytes:

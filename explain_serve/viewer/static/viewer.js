@@ -287,6 +287,7 @@ async function explain() {
     showError(`the viewer could not reach its server: ${e.message}`);
   } finally {
     button.disabled = false;
+    document.body.dataset.explained = String(Number(document.body.dataset.explained || 0) + 1);  // done, for tests
   }
 }
 

@@ -48,12 +48,12 @@ def _param(spec: MethodSpec, p, cfg: Dict[str, Any], limits: Dict[str, Any], bas
     return out
 
 
-def _compiled(service, name: str) -> Optional[Dict[str, Any]]:
-    """The parameters a compiled ONNX graph answers for ``name`` (None: the eager core serves it)."""
+def _compiled(service, name: str) -> Any:
+    """The parameters a compiled ONNX graph answers for ``name`` (False: the eager core serves it)."""
     backend = getattr(service, "onnx", None)
     explainer = backend.explainers.get(name) if backend is not None else None
     if explainer is None:
-        return None
+        return False
     spec = explainer.spec
     served = {"integrated_gradients": {"n_steps": spec.n_steps, "method": spec.integration},
               "layer_integrated_gradients": {"n_steps": spec.n_steps, "method": spec.integration},
@@ -68,7 +68,7 @@ def _example(service) -> Optional[list]:
     if not path.is_file():
         return None
     row = np.load(path, mmap_mode="r")[0]
-    return [round(float(v), 6) for v in np.asarray(row).reshape(-1)]
+    return [float(f"{float(v):.6g}") for v in np.asarray(row).reshape(-1)]
 
 
 def describe(service) -> Dict[str, Any]:
@@ -113,5 +113,15 @@ def describe(service) -> Dict[str, Any]:
     }
 
 
+def _without_nulls(value: Any) -> Any:
+    """Absent instead of null: TorchServe's management API drops null fields when it re-encodes the
+    description, so both routes answer the same JSON only without them."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def to_json(service) -> str:
-    return json.dumps(describe(service), separators=(",", ":"))
+    return json.dumps(_without_nulls(describe(service)), separators=(",", ":"))

@@ -66,7 +66,8 @@ def test_describe_management_and_inference_agree(viewer):
     assert ig["baselines"]["default"] == "zeros" and ig["baselines"]["choices"] == ["zeros", "mean", "kmeans", "blur", "noise"]
     assert "gausslegendre" in ig["method"]["choices"]
     assert d["methods"]["integrated_gradients"]["convergence_delta"] is True
-    assert d["methods"]["integrated_gradients"]["compiled"] is None  # eager archive
+    assert d["methods"]["integrated_gradients"]["compiled"] is False  # eager archive
+    assert "default" not in {p["name"]: p for p in d["methods"]["occlusion"]["params"]}["strides"]  # none: absent
     assert d["methods"]["layer_grad_cam"]["layer"] is True
     assert {p["name"]: p["max"] for p in d["methods"]["noise_tunnel"]["params"] if "max" in p} == {
         "nt_samples": 64, "stdevs": 10.0, "n_steps": 256}

@@ -91,8 +91,10 @@ async function versionChanged() {
 
 function renderDescription() {
   const d = state.desc;
-  const shape = d.input && d.input.shape ? `input [${d.input.shape.map((s) => (s === null ? "n" : s)).join(", ")}]` : "";
-  $("model-summary").textContent = `${d.kind} model, ${d.n_classes} classes, ${shape}`;
+  const inp = d.input || {};
+  const shape = inp.text ? `up to ${inp.text.max_tokens} tokens`
+    : inp.shape ? `input [${inp.shape.map((s) => (s === null ? "n" : s)).join(", ")}]` : "";
+  $("model-summary").textContent = `${d.model} ${d.version}: ${d.kind} model, ${d.n_classes} classes, ${shape}`;
   renderInput(d);
   const target = $("target-select");
   target.replaceChildren(option("predicted", "predicted class", true),
@@ -140,7 +142,6 @@ function renderInput(d) {
 function loadImageFile(file) {
   if (!file) return;
   if (!/^image\/(png|jpeg)$/.test(file.type)) { showError(`${file.name}: choose a PNG or JPEG image`); return; }
-  const limit = state.desc && state.desc.max_request_bytes;
   const reader = new FileReader();
   reader.onload = () => {
     const url = String(reader.result);
@@ -156,7 +157,6 @@ function loadImageFile(file) {
     showError("");
   };
   reader.onerror = () => showError(`could not read ${file.name}`);
-  if (limit && file.size > limit) { showError(`${file.name} is over the request limit`); return; }
   reader.readAsDataURL(file);
 }
 
@@ -275,12 +275,12 @@ async function explain() {
       const runs = [{ version, method, params }, { version: $("version-select-b").value, method: $("method-select-b").value }];
       const res = await api(`/api/compare/${path(model)}`, { inputs, target, runs });
       const ms = performance.now() - started;
-      if (!res.ok) { showError(errorText(res)); return; }
+      if (!res.ok) { clearResults(); showError(errorText(res)); return; }
       renderResults(res.data.runs, ms, res.data);
     } else {
       const res = await api(`/api/explain/${path(model, version)}`, { inputs, target, method, params });
       const ms = performance.now() - started;
-      if (!res.ok) { showError(errorText(res)); return; }
+      if (!res.ok) { clearResults(); showError(errorText(res)); return; }
       renderResults([res.data], ms, null);
     }
   } catch (e) {
@@ -289,6 +289,12 @@ async function explain() {
     button.disabled = false;
     document.body.dataset.explained = String(Number(document.body.dataset.explained || 0) + 1);  // done, for tests
   }
+}
+
+function clearResults() {
+  $("runs").replaceChildren();
+  $("agreement").hidden = true;
+  $("placeholder").hidden = false;
 }
 
 function renderResults(answers, ms, comparison) {
@@ -417,7 +423,7 @@ function drawBase(ctx, width, height) {
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, width, height);
   ctx.imageSmoothingEnabled = false;
-  if (state.imageEl && !$("use-json").checked) { ctx.drawImage(state.imageEl, 0, 0, width, height); return; }
+  if (state.imageEl && !$("use-json").checked) { ctx.drawImage(state.imageEl, 0, 0, width, height); fade(ctx, width, height); return; }
   const x = state.lastInputs;  // a nested list [C, H, W]: draw its mean over channels in gray
   if (!Array.isArray(x) || !Array.isArray(x[0]) || !Array.isArray(x[0][0])) return;
   const map = channelSum(x);
@@ -436,6 +442,13 @@ function drawBase(ctx, width, height) {
   }
   octx.putImageData(img, 0, 0);
   ctx.drawImage(off, 0, 0, width, height);
+  fade(ctx, width, height);
+}
+
+function fade(ctx, width, height) {
+  // the input in gray at reduced contrast, so the colours drawn over it stay readable
+  ctx.fillStyle = "rgba(255, 255, 255, 0.45)";
+  ctx.fillRect(0, 0, width, height);
 }
 
 function renderHeatmap(ans) {
@@ -473,7 +486,7 @@ function renderHeatmap(ans) {
 // -- compare -----------------------------------------------------------------------------------
 const METRICS = [
   ["spearman", "Spearman rank correlation"], ["kendall", "Kendall tau-b"],
-  ["top_k_jaccard", "top-k overlap (Jaccard)"], ["sign_agreement", "sign agreement in A's top k"], ["cosine", "cosine similarity"],
+  ["top_k_jaccard", "top-k overlap (Jaccard)"], ["sign_agreement", "sign agreement in A's top-k"], ["cosine", "cosine similarity"],
 ];
 
 function renderAgreement(box, cmp) {

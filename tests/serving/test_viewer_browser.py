@@ -104,6 +104,8 @@ def test_image_heatmap(ui, viewer, store):
     assert (r, g, b) == (214, 39, 40)  # the strongest cell, fully opaque: pure red over the digit
     assert float(ui.get_by_test_id("delta").locator("b").inner_text()) == pytest.approx(want["convergence_delta"], abs=1e-4)
     assert ui.get_by_test_id("elapsed").inner_text().endswith(" ms")
+    ui.get_by_test_id("sign").select_option("all")  # the default view, for the screenshot
+    ui.get_by_test_id("opacity").fill("70")
     assert ui.console_errors == []
 
 
@@ -175,6 +177,8 @@ def test_compare_two_versions(ui, viewer):
 def test_html_label_is_text_and_opens_no_dialog(ui, viewer):
     choose(ui, "xss", "tabular")
     assert XSS_LABEL in ui.get_by_test_id("target-select").inner_text()
+    for i, value in enumerate(("0.5", "-1.5")):
+        ui.get_by_test_id("input-features").locator("input").nth(i).fill(value)
     explain(ui)
     prediction = ui.get_by_test_id("prediction")
     assert XSS_LABEL in prediction.inner_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import subprocess
 import sys
 import urllib.error
@@ -206,3 +207,24 @@ def test_view_cli_bad_arguments_exit_2(args, message):
     proc = subprocess.run([sys.executable, "-m", "explain_serve.cli", "view", *args], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_view_with_server_urls_and_token_file(viewer, tmp_path):
+    """``--server --management --token-file`` instead of ``--workdir``: the same models, keys kept."""
+    from explain_serve.serving.server import free_port
+
+    info, port = viewer["info"], free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "explain_serve.cli", "view", "--server", info["endpoints"]["inference"],
+                             "--management", info["endpoints"]["management"], "--token-file", info["token_file"],
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        assert proc.stdout.readline().startswith(f"explain-serve viewer on http://127.0.0.1:{port}/")
+        other = {"url": f"http://127.0.0.1:{port}"}
+        status, _, models = call(other, "/api/models")
+        assert status == 200 and {m["name"] for m in models} == {"digits", "cancer", "sentiment", "xss"}
+        status, _, answer = page_post(other, "/api/explain/xss/1.0", {"inputs": [0.5, -0.5]})
+        assert status == 200 and answer["prediction"]["label"] in (XSS_LABEL, "plain")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

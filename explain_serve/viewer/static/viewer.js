@@ -354,6 +354,10 @@ function rgba(rgb, alpha) {
 }
 
 function legend(max) {
+  if (!(max > 1e-12)) {
+    return el("div", { cls: "legend muted", testid: "legend",
+      text: "every attribution is 0 (is the input equal to the baseline?)" });
+  }
   return el("div", { cls: "legend", testid: "legend" }, [
     el("span", { text: `-${fmt(max)}` }), el("span", { cls: "ramp" }), el("span", { text: `+${fmt(max)}` }),
     el("span", { text: "blue: against the target, red: for it" }),

@@ -10,7 +10,7 @@ PIP_FLAGS := -q -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip setuptools wheel
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[serve,onnx,viz,ray,llm,test]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[serve,onnx,viz,view,ray,llm,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -84,6 +84,14 @@ def _explain(args) -> int:
     return 0 if status == 200 else 1
 
 
+def _describe(args) -> int:
+    from .client import Client
+
+    status, answer = Client.from_workdir(Path(args.workdir)).describe(args.model, args.version)
+    print(json.dumps(answer, indent=2))
+    return 0 if status == 200 else 1
+
+
 def parser() -> argparse.ArgumentParser:
     from .serving import server  # standard library only: cheap to import
 
@@ -147,13 +155,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", default=DEFAULT_WORKDIR)
     e.set_defaults(func=_explain)
 
+    d = sub.add_parser("describe", help="print a served model's self-description (input, methods, limits)")
+    d.add_argument("model")
+    d.add_argument("--version", help="a model version (default: the server's default version)")
+    d.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    d.set_defaults(func=_describe)
+
     from .export.cli import add_subcommand as add_export  # explain-serve export (explain_serve.export)
+    from .viewer.cli import add_subcommand as add_view  # explain-serve view (explain_serve.viewer)
 
     add_export(sub)
 
     from .audit.cli import add_subcommand as add_audit  # explain-serve audit (explain_serve.audit)
 
     add_audit(sub)
+    add_view(sub, DEFAULT_WORKDIR)
     return p
 
 

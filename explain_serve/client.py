@@ -114,6 +114,10 @@ class Client:
     def explain(self, model: str, body: Body, **kw) -> Tuple[int, Any]:
         return self.request(f"/explanations/{model}", body, **kw)
 
+    def describe(self, model: str, version: Optional[str] = None) -> Tuple[int, Any]:
+        """The model's self-description (``explain_serve.serving.describe``) over the inference API."""
+        return self.request(f"/predictions/{model}" + (f"/{version}" if version else ""), {"describe": True})
+
     # -- gRPC ------------------------------------------------------------------------------------
     def _grpc(self):
         if self._stub is None:

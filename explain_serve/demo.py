@@ -14,6 +14,7 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def served(out_dir: Path, model_store: Path) -> dict:
                         max_batch_delay=server.DEFAULT_MAX_BATCH_DELAY)
     start_s = time.perf_counter() - t0
     summary = {"build_examples_s": round(build_s, 1), "serve_start_s": round(start_s, 1),
-               "endpoints": info["endpoints"], "token_file": info["token_file"], "models": {}}
+               "endpoints": info["endpoints"], "token_file": info["token_file"], "models": {},
+               "viewer_command": viewer_command(workdir, model_store, names)}
     try:
         token = read_token(Path(info["token_file"]))["inference"]
         base = info["endpoints"]["inference"]
@@ -155,6 +157,12 @@ def token_table(answer: dict) -> str:
         rows.append(str(out_tok)[:10].ljust(10) + "".join(f"{v:+{width}.3f}" for v in row))
     rows.append("(sum)".ljust(10) + "".join(f"{v:+{width}.3f}" for v in answer["seq_attr"]))
     return "\n".join(rows)
+def viewer_command(workdir: Path, model_store: Path, names=("digits", "cancer", "sentiment")) -> str:
+    """The shell command that serves the demo's models again and opens the viewer page on them."""
+    bin_dir = Path(sys.executable).parent
+    cli = bin_dir / "explain-serve" if (bin_dir / "explain-serve").is_file() else "explain-serve"
+    return (f"{cli} serve --model-store {model_store} --models {' '.join(names)} --workdir {workdir} && "
+            f"{cli} view --workdir {workdir} --open; {cli} stop --workdir {workdir}")
 
 
 def _text_method() -> str:
@@ -185,6 +193,7 @@ def _short(summary: dict, full: Path) -> str:
             lines.append(f"  {name:9s} predict {m['prediction_status']} -> {m['predicted']}; explain {m['explanation_status']} "
                          f"{m['method']} target {m['target']} in {m['server_elapsed_ms']} ms (curl {m['curl_ms']} ms): {extra}")
         lines.append("server stopped" if sv.get("stopped") else "server NOT stopped")
+        lines.append(f"to look at the models in a browser: {sv['viewer_command']}")
     lines.append(f"full summary: {full}")
     return "\n".join(lines)
 

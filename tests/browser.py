@@ -27,18 +27,34 @@ def chromium_path() -> str | None:
     return None
 
 
+# One Playwright and one browser per process: every module that imports these fixtures gets its own
+# session-scoped fixture definition, and a second sync Playwright in the same thread fails ("Sync API
+# inside the asyncio loop"), so the definitions share one instance, closed by the last to finish.
+_SHARED: dict = {"users": 0}
+
+
 @pytest.fixture(scope="session")
 def browser():
     path = chromium_path()
     if path is None:
         pytest.skip("no system Chromium: install Debian's `chromium` (make test does so as root)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+    if _SHARED["users"] == 0:
+        pw = sync_api.sync_playwright().start()
         try:
-            yield b
-        finally:
-            b.close()
+            _SHARED["browser"] = pw.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        except BaseException:
+            pw.stop()
+            raise
+        _SHARED["playwright"] = pw
+    _SHARED["users"] += 1
+    try:
+        yield _SHARED["browser"]
+    finally:
+        _SHARED["users"] -= 1
+        if _SHARED["users"] == 0:
+            _SHARED.pop("browser").close()
+            _SHARED.pop("playwright").stop()
 
 
 @pytest.fixture

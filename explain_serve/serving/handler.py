@@ -11,6 +11,7 @@ from typing import Optional
 
 from ts.torch_handler.base_handler import BaseHandler
 
+from . import describe
 from .server import load_failed_line
 from .service import ExplainService
 
@@ -37,4 +38,10 @@ class ExplainHandlerBase(BaseHandler):
 
     def handle(self, data, context):
         """One JSON answer per request of the batch, with its own status."""
+        if context is not None and context.get_request_header(0, "describe") == "True":  # ?customized=true
+            return [self.describe_handle()]
         return self.service.handle_context(data, context)
+
+    def describe_handle(self):
+        """TorchServe's customized describe: the model's self-description (``serving.describe``)."""
+        return describe.to_json(self.service)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import encode
+from . import describe, encode
 from .baselines import PRECOMPUTED_NAME, Baselines
 from .config import CONFIG_NAME, ConfigError, archive_file, labels, load_file, max_response_bytes, normalize
 from .errors import ServeError, bad, model_failed, too_large
@@ -268,7 +268,11 @@ class ExplainService(TorchServeEntry):
         items: List[Item] = []
         for i, row in enumerate(rows):
             try:
-                items.append(self.parser.parse(i, read_body(row, content_types[i], self.kind), bool(explain[i])))
+                body = read_body(row, content_types[i], self.kind)
+                if describe.asked(body):  # the self-description over the inference API
+                    results[i] = (200, describe.to_json(self))
+                    continue
+                items.append(self.parser.parse(i, body, bool(explain[i])))
             except ServeError as exc:
                 results[i] = (exc.code, exc.to_json())
             except Exception as exc:  # an input no check foresaw: it fails alone, the batch goes on

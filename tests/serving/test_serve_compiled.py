@@ -130,3 +130,20 @@ def test_other_parameters_fall_back_to_the_eager_core_with_a_logged_reason(onnx_
         text = _log_text(onnx_served["info"])
     assert "compiled explanations: saliency, input_x_gradient, integrated_gradients" in text
     assert "integrated_gradients served by the eager core: n_steps=7 differs from the compiled n_steps=32" in text
+
+
+def test_describe_says_which_methods_a_compiled_graph_serves(onnx_served):
+    """The self-description names the compiled methods and the parameters their graphs answer."""
+    client = onnx_served["client"]
+    for name in NAMES:
+        status, eager = client.describe(name)
+        assert status == 200 and not any(m["compiled"] for m in eager["methods"].values())
+        status, onnx = client.describe(f"{name}_onnx")
+        assert status == 200
+        with zipfile.ZipFile(onnx_served["root"] / f"{name}_onnx.mar") as z:
+            built = set(json.loads(z.read("onnx.json"))["explainers"])
+        assert {m for m, d in onnx["methods"].items() if d["compiled"]} == built
+    status, digits = client.describe("digits_onnx")
+    assert digits["methods"]["integrated_gradients"]["compiled"] == {
+        "runtime": "onnxruntime", "params": {"n_steps": 32, "method": "gausslegendre"}}
+    assert digits["methods"]["occlusion"]["compiled"] is False

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import encode
+from . import describe, encode
 from .config import CONFIG_NAME, DEFAULT_MAX_RESPONSE, ConfigError, load_file, max_response_bytes
 from .errors import ServeError, bad, too_large
 from .methods import MethodSpec, Param, seeded, validate_params
@@ -288,7 +288,11 @@ class CausalLMService(TorchServeEntry):
         out = []
         for i, row in enumerate(rows):
             try:
-                req = self.parse(i, read_body(row, content_types[i], "text"), bool(explain[i]))
+                body = read_body(row, content_types[i], "text")
+                if describe.asked(body):  # the self-description over the inference API
+                    out.append((200, describe.to_json(self)))
+                    continue
+                req = self.parse(i, body, bool(explain[i]))
                 out.append((200, encode.dumps(self.explain(req) if req.explain else self.predict(req))))
             except ServeError as exc:
                 out.append((exc.code, exc.to_json()))
@@ -300,6 +304,14 @@ class CausalLMService(TorchServeEntry):
 
     def _head(self) -> Dict[str, Any]:
         return {"model": self.model_name, "version": self.version}
+
+    method_specs = METHODS  # the self-description (``serving.describe``) reads this table
+
+    def describe_input(self) -> Dict[str, Any]:
+        """What the self-description says of the input: a prompt, its limits and predict's parameters."""
+        lim = self.limits
+        return {"text": {"max_tokens": lim["max_prompt_tokens"]}, "max_target_tokens": lim["max_target_tokens"],
+                "predict_params": [describe._param(PREDICT, p, self.cfg, lim, []) for p in PREDICT.params]}
 
     def generate(self, prompt_ids: List[int], params: Dict[str, Any]) -> List[int]:
         """New token ids after the prompt: greedy by default, sampling seeded per request."""

@@ -72,15 +72,18 @@ def _example(service) -> Optional[list]:
 
 
 def describe(service) -> Dict[str, Any]:
-    """The description of one loaded ``ExplainService`` (JSON-ready)."""
+    """The description of one loaded service (JSON-ready). A service with its own method table
+    (``method_specs``, e.g. causal_lm's) and its own request limits (``describe_input``) says so."""
     cfg = service.cfg
-    inp = cfg["input"]
+    inp = cfg.get("input") or {}
     baselines = list(cfg["explain"].get("baselines") or {})
     methods = {}
     unavailable = getattr(service, "unavailable", {})
+    specs = getattr(service, "method_specs", METHODS)
+    per_method = isinstance(cfg["explain"]["methods"], dict)  # list: one set of limits for every method
     for name in cfg["explain"]["methods"]:
-        spec = METHODS.get(name) or MethodSpec(name, name)  # a method another module registered: no known params
-        limits = method_limits(cfg, name)
+        spec = specs.get(name) or MethodSpec(name, name)  # a method another module registered: no known params
+        limits = method_limits(cfg, name) if per_method else dict(cfg["explain"]["limits"])
         entry: Dict[str, Any] = {
             "params": [_param(spec, p, cfg, limits, baselines) for p in spec.params],
             "convergence_delta": spec.delta, "random": spec.random, "layer": spec.layer,
@@ -100,6 +103,8 @@ def describe(service) -> Dict[str, Any]:
             kind_input["example"] = example
     if "text" in inp:
         kind_input["text"] = {k: inp["text"][k] for k in ("max_tokens", "lowercase") if k in inp["text"]}
+    if hasattr(service, "describe_input"):
+        kind_input.update(service.describe_input())
     return {
         "model": service.model_name, "version": service.version, "kind": cfg["kind"],
         "labels": list(getattr(service, "labels", None) or []), "n_classes": getattr(service, "n_classes", None),

@@ -287,3 +287,27 @@ def test_bad_rows_served(client, case, explain, body, status, message):
     assert (got, answer["code"]) == (status, status) and message in answer["message"], answer
     ok, after = client.predict("tiny_lm", {"inputs": PROMPT, "params": {"max_new_tokens": 1}})  # the worker lives on
     assert ok == 200 and after["output_tokens"] == ["paris"]
+
+
+# -- self-description -------------------------------------------------------------------------------
+def test_causal_lm_describes_its_methods_and_limits(lm_service):
+    status, desc = _call(lm_service, {"describe": True}, explain=False)
+    limits = lm_service.cfg["explain"]["limits"]
+    assert status == 200 and desc["kind"] == "causal_lm" and desc["model"] == lm_service.model_name
+    assert set(desc["methods"]) == set(lm_service.cfg["explain"]["methods"])
+    steps = {p["name"]: p for p in desc["methods"]["layer_integrated_gradients"]["params"]}["n_steps"]
+    assert steps["max"] == limits["max_n_steps"] and steps["min"] == 1
+    assert desc["input"]["text"]["max_tokens"] == limits["max_prompt_tokens"]
+    new = {p["name"]: p for p in desc["input"]["predict_params"]}["max_new_tokens"]
+    assert new["max"] == limits["max_new_tokens"]
+
+
+@pytest.mark.serving
+def test_causal_lm_describe_over_both_apis(client, served, lm_service):
+    from explain_serve.serving.server import _get
+
+    status, desc = client.describe("tiny_lm")
+    assert status == 200 and desc == _call(lm_service, {"describe": True}, explain=False)[1] | {"model": "tiny_lm"}
+    mgmt = _get(f"{served['endpoints']['management']}/models/tiny_lm?customized=true", served["keys"]["management"])
+    meta = mgmt[0]["customizedMetadata"]  # TorchServe parses the handler's JSON string
+    assert (json.loads(meta) if isinstance(meta, str) else meta) == desc

@@ -322,7 +322,8 @@ class Lime(LimeBase):
     def _sampler(self) -> Optional[Callable[[int, int, int, Any], Tensor]]:
         """Vectorized sampler ``(groups, n_samples, n_features, device) -> bool (G, S, F)``."""
         if self.perturb_func is default_perturb_func:
-            return lambda g, s, f, device: torch.rand(g, s, f, device=device) < 0.5
+            # one draw shared by every example: a batch equals its examples one by one under a seed
+            return lambda g, s, f, device: (torch.rand(s, f, device=device) < 0.5).expand(g, s, f)
         return None
 
     def _batched_similarity(self) -> Optional[Callable]:
@@ -418,7 +419,15 @@ class Lime(LimeBase):
         bsz = inputs[0].shape[0]
         masks = tuple(m.to(x.device) for m, x in zip(raw_masks, inputs))
         coefs = []
+        device = inputs[0].device
+        cuda = device.type == "cuda"
+        # every example starts from the same random state: a batch equals its examples one by one
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state(device) if cuda else None)
         for g in range(groups):
+            if g:
+                torch.set_rng_state(rng[0])
+                if cuda:
+                    torch.cuda.set_rng_state(rng[1], device)
             if groups == 1:
                 xi, bi, mi, ti, ai = inputs, baselines, masks, target, args
             else:

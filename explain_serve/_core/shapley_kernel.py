@@ -102,6 +102,15 @@ def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch
     return z.to(device), by_size[z.sum(-1)].to(device)
 
 
+@lru_cache(maxsize=16)
+def _sum_zero_basis(m: int) -> Tensor:
+    """Orthonormal basis (m, m - 1) of the vectors whose entries sum to zero (Helmert's)."""
+    j = torch.arange(1, m, dtype=torch.float64)
+    q = (torch.arange(m, dtype=torch.float64)[:, None] < j).to(torch.float64)  # ones above the diagonal
+    q[j.long(), (j - 1).long()] = -j
+    return q / torch.sqrt(j * (j + 1))
+
+
 def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
     """Shapley-kernel weighted least squares with ``phi_0 = v(empty)`` and efficiency imposed.
 
@@ -109,17 +118,30 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
     weights, ``y`` (G, S) values per example. Returns ``phi`` (G, M) with
     ``phi.sum(-1) == y[:, 0] - y[:, 1]`` exactly. Writing ``phi = delta / M + u`` with
     ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
-    ``z - |z| / M``; the pseudo-inverse gives the minimum-norm ``u`` when the budget is below
-    ``M`` and is computed once for all examples.
+    ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
+    (then the design is just ``z Q``) and the normal equations are solved by Cholesky; a
+    rank-deficient or ill-conditioned design (a budget below ``M``), or more features, goes
+    through the pseudo-inverse, which gives the minimum-norm ``u``. Either way one factorisation
+    serves all examples.
     """
     z = z.to(torch.float64)
     y = y.to(torch.float64)
+    w = w.to(torch.float64)
     m = z.shape[-1]
     k = z.sum(-1)
     v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
     if m < 2:
         return delta.expand(y.shape[0], m).clone()
-    sw = w.to(torch.float64).sqrt()
-    pinv = torch.linalg.pinv(sw[:, None] * (z - k[:, None] / m))  # (M, S)
     resid = y - v0 - delta * (k / m)  # (G, S)
+    if m <= 256:
+        q = _sum_zero_basis(m).to(z.device)
+        a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
+        aw = a * w[:, None]
+        chol, info = torch.linalg.cholesky_ex(a.transpose(0, 1) @ aw)
+        diag = chol.diagonal()
+        if int(info) == 0 and bool(diag.min() > 1e-6 * diag.max()):
+            v = torch.cholesky_solve((resid @ aw).transpose(0, 1), chol)  # (M-1, G)
+            return delta / m + (q @ v).transpose(0, 1)
+    sw = w.sqrt()
+    pinv = torch.linalg.pinv(sw[:, None] * (z - k[:, None] / m))  # (M, S)
     return delta / m + (resid * sw) @ pinv.transpose(0, 1)

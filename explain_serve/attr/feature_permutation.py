@@ -26,8 +26,9 @@ def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
 def _random_permutation(n: int, device=None) -> Tensor:
     if n < 2:
         raise AssertionError("cannot permute features with batch_size = 1")
+    identity = torch.arange(n)
     perm = torch.randperm(n)
-    while bool((perm == torch.arange(n)).all()):
+    while torch.equal(perm, identity):
         perm = torch.randperm(n)
     return perm.to(device) if device is not None else perm
 
@@ -59,7 +60,8 @@ class FeaturePermutation(FeatureAblation):
         holders = [set(torch.unique(m).tolist()) for m in masks]
         default = self.perm_func is _permute_feature
         b = inputs[0].shape[0]
-        perms = [torch.arange(b).repeat(n, 1) for _ in inputs] if default else None
+        identity = torch.arange(b)
+        perms = [[identity] * n for _ in inputs] if default else None
         custom = [[x for _ in range(n)] for x in inputs] if not default else None
         for j, f in enumerate(ids):
             for i, m in enumerate(masks):
@@ -75,7 +77,7 @@ class FeaturePermutation(FeatureAblation):
                 out.append(torch.cat(custom[i], 0))
                 continue
             sel = m.unsqueeze(0) == torch.tensor(ids, device=m.device).view((-1,) + (1,) * m.dim())
-            shuffled = x[perms[i].to(x.device).reshape(-1)].reshape((n,) + tuple(x.shape))
+            shuffled = x[torch.cat(perms[i]).to(x.device)].reshape((n,) + tuple(x.shape))
             out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * b,) + tuple(x.shape[1:])))
         return tuple(out)
 

@@ -10,6 +10,7 @@ The rules are gradient overrides registered through the one hook owner.
 from __future__ import annotations
 
 import inspect
+from functools import lru_cache
 from typing import Callable, Dict, Optional, Type
 
 import torch
@@ -106,8 +107,9 @@ _MAXPOOLS = {
 }
 
 
+@lru_cache(maxsize=8)
 def rules(eps: float) -> Dict[Type[nn.Module], Callable]:
-    """Gradient rule per supported module type."""
+    """Gradient rule per supported module type (built once per ``eps``; do not modify)."""
     rescale = _rescale(eps)
     table = {
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,

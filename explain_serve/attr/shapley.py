@@ -6,7 +6,7 @@ orderings of the players.
 
 - ``ShapleyValueSampling`` (Castro, Gomez & Tejada 2009; Strumbelj & Kononenko 2010): walk
   ``n_samples`` orderings from the baseline adding one feature at a time and average the marginal
-  contributions. The orderings are antithetic (Mitchell et al. 2022, *Sampling Permutations for
+  contributions (``n - 1`` forwards per ordering: the walks share the baseline and the input). The orderings are antithetic (Mitchell et al. 2022, *Sampling Permutations for
   Shapley Value Estimation*): each random ordering is followed by its reverse, which cancels the
   position bias of a single ordering and lowers the variance at the same budget. They are drawn
   independently of the batch, so a batch equals its examples one by one under a seed.
@@ -121,16 +121,21 @@ class ShapleyValueSampling(PerturbationAttribution):
         pos = torch.empty_like(perms)
         pos.scatter_(1, perms, torch.arange(n_feat, device=device).expand(n_samples, n_feat))
 
+        inner = n_feat - 1  # the last coalition of every walk is the input itself: evaluated once
+
         def presence(sl: slice) -> Tensor:
             u = torch.arange(sl.start, sl.stop, device=device)
-            s, k = u // n_feat, u % n_feat
+            s, k = u // inner, u % inner
             return pos[s] <= k[:, None]  # features among the first k+1 of ordering s
 
         build = self._coalition_builder(inputs, baselines, masks, presence)
+        final = forward_tensor(self.forward_func, inputs, target, args).reshape(initial.shape)
         outs = [out for _, out in evaluate_chunks(
-            self.forward_func, build, n_samples * n_feat, per_eval, initial.shape, target, args, inputs)]
-        v = torch.cat(outs, 0).reshape((n_samples, n_feat) + tuple(initial.shape))
-        v = torch.cat([initial.expand((n_samples, 1) + tuple(initial.shape)).to(v.dtype), v], 1)
+            self.forward_func, build, n_samples * inner, per_eval, initial.shape, target, args, inputs)]
+        shape = tuple(initial.shape)
+        v = torch.cat(outs, 0).to(final.dtype) if outs else final.new_zeros((0,) + shape)
+        v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype), v.reshape((n_samples, inner) + shape),
+                       final.expand((n_samples, 1) + shape)], 1)
         marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
         phi = torch.zeros((n_feat,) + tuple(initial.shape), dtype=marg.dtype, device=device)
         phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(initial.shape)))

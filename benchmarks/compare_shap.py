@@ -65,15 +65,16 @@ def estimators(model, x, b, m: int) -> Dict[str, Tuple[str, Callable[[], object]
         ours, theirs, ke = ea.KernelShap(model), ca.KernelShap(model), shap.KernelExplainer(f, bn)
         rows[f"explain-serve KernelShap|{n}"] = (
             f"{n}", lambda o=ours, n=n: o.attribute(x, baselines=b, target=0, n_samples=n), True)
-        if n <= 1024:  # Captum's takes about a minute per call beyond
+        if n * m <= 10240:  # Captum's takes a minute and more per call beyond
             # Captum's KernelShap explains one example per call with its default feature mask
             rows[f"Captum KernelShap|{n}"] = (f"{n}", lambda t=theirs, n=n: torch.cat(
                 [t.attribute(x[i:i + 1], baselines=b, target=0, n_samples=n) for i in range(x.shape[0])]), True)
         rows[f"shap KernelExplainer|{n}"] = (
             f"{n}", lambda ke=ke, n=n: ke.shap_values(xn, nsamples=n, l1_reg=False, silent=True), True)
     svs, csvs = ea.ShapleyValueSampling(model), ca.ShapleyValueSampling(model)
-    for perms in (1000 // (2 * m), 1000 // m):  # about 500 and 1000 model evaluations per row
-        budget = f"{perms} perms ({perms * m} evals)"
+    for perms in (500 // (m - 1), 1000 // (m - 1)):  # about 500 and 1000 model evaluations per row
+        # explain-serve evaluates m - 1 coalitions per ordering, Captum m
+        budget = f"{perms} perms ({perms * (m - 1)} / {perms * m} evals)"
         rows[f"explain-serve ShapleyValueSampling|{perms}"] = (
             budget, lambda p=perms: svs.attribute(x, baselines=b, target=0, n_samples=p), True)
         rows[f"Captum ShapleyValueSampling|{perms}"] = (

@@ -8,6 +8,11 @@ session, and per-call values live in ``scratch`` or in autograd nodes that die w
 A method that needs hooks describes them once (``install(session)``); a one-off call registers,
 activates and removes them; a reusable session (``reusable()``, for servers) keeps them registered
 between calls so a request pays no registration cost.
+
+Gradient rules come in two forms: ``override_gradient`` wraps a module between two identity
+taps and rewrites its true input gradient (the module's backward still runs); ``replace_gradient``
+puts one node after the module whose backward *is* the rule, so the module's own backward is not
+in the graph (cheaper; used by DeepLift).
 """
 from __future__ import annotations
 

@@ -243,3 +243,15 @@ def test_batch_equals_per_example_under_a_seed(method, masked):
         torch.testing.assert_close(batch[e:e + 1], one, rtol=0, atol=1e-12)
     torch.manual_seed(22)  # and the seed matters
     assert not torch.equal(make(model).attribute(x, **kw), batch)
+
+
+@pytest.mark.parametrize("n_samples", [12, 40, 300])
+def test_kernel_shap_is_repeatable_under_a_seed(n_samples):
+    """Also where the design is rank-deficient (a budget below the number of features)."""
+    model, (x, b) = _mlp(30, seed=9), _data(30, n=2)
+    runs = []
+    for _ in range(3):
+        torch.manual_seed(4)
+        runs.append(KernelShap(model).attribute(x, baselines=b, target=0, n_samples=n_samples))
+    for r in runs[1:]:
+        assert torch.equal(r, runs[0])

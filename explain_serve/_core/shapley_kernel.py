@@ -121,7 +121,7 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
     ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
     (then the design is just ``z Q``) and the normal equations are solved by Cholesky; a
     rank-deficient or ill-conditioned design (a budget below ``M``), or more features, goes
-    through a minimum-norm least-squares solve (LAPACK ``gelsy`` on CPU, the pseudo-inverse elsewhere). Either way one factorisation
+    through the pseudo-inverse (minimum-norm). Either way one factorisation
     serves all examples.
     """
     z = z.to(torch.float64)
@@ -145,8 +145,7 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
     sw = w.sqrt()
     a = sw[:, None] * (z - k[:, None] / m)  # (S, M)
     b = (resid * sw).transpose(0, 1)  # (S, G)
-    if a.device.type == "cpu":  # LAPACK's complete orthogonal factorisation: min-norm, 3x faster
-        u = torch.linalg.lstsq(a, b, driver="gelsy").solution
-    else:
-        u = torch.linalg.pinv(a) @ b
+    # the SVD's pseudo-inverse (LAPACK gelsy is faster but not repeatable on rank-deficient designs);
+    # paired coalitions make exactly collinear rows: a relative cut-off well above rounding
+    u = torch.linalg.pinv(a, rtol=1e-10) @ b
     return delta / m + u.transpose(0, 1)

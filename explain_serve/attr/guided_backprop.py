@@ -7,6 +7,7 @@ Only ``nn.ReLU`` modules are modified (functional relu calls are not visible to 
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,7 +30,7 @@ class ModifiedReluGradientAttribution(GradientAttribution, HookedMethod):
         if self.use_relu_grad_output:
             return F.relu(rec.grad_output)
         if grad is None:  # the ReLU's own backward was skipped (replace_gradient): its gradient
-            return F.relu(rec.grad_output) * (rec.inputs > 0)
+            return torch.ops.aten.threshold_backward(F.relu(rec.grad_output), rec.inputs, 0.0)
         return F.relu(grad)
 
     def _install_hooks(self, session: HookSession) -> None:

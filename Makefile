@@ -29,7 +29,9 @@ test: install browser
 	$(PY) -m pytest -q
 
 bench: install
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[bench]"
 	$(PY) benchmarks/compare_captum.py
+	$(PY) benchmarks/compare_shap.py
 
 clean:
 	rm -rf $(VENV) out

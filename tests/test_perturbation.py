@@ -126,14 +126,14 @@ DETERMINISTIC = {
     "FeatureAblation": (FeatureAblation, ca.FeatureAblation, {}),
     "Occlusion": (Occlusion, ca.Occlusion, {}),
     "ShapleyValues": (ShapleyValues, ca.ShapleyValues, {}),
-    # same torch.randperm stream as Captum -> identical samples under a seed
     "ShapleyValueSampling": (ShapleyValueSampling, ca.ShapleyValueSampling, {"n_samples": 5}),
     "FeaturePermutation": (FeaturePermutation, ca.FeaturePermutation, {}),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("method", list(DETERMINISTIC))
+# ShapleyValueSampling draws antithetic orderings (not Captum's): see tests/test_estimators.py
+@pytest.mark.parametrize("method", [m for m in DETERMINISTIC if m != "ShapleyValueSampling"])
 def test_matches_captum(method, case):
     ours, theirs, extra = DETERMINISTIC[method]
     model, inputs, kw = _case(case, method)
@@ -357,7 +357,7 @@ def test_kernel_shap_converges(game):
     exact = brute_force_shapley(f, x, b)
     torch.manual_seed(0)
     est = KernelShap(f).attribute(x, baselines=b, n_samples=4000)
-    _close(est.sum(1), f(x) - f(b), 1e-4)  # efficiency enforced by the inf-weighted coalitions
+    _close(est.sum(1), f(x) - f(b), 1e-10)  # efficiency imposed in the fit
     assert (est - exact).abs().max().item() < 0.05 * exact.abs().max().item()
 
 

@@ -8,13 +8,18 @@ session, and per-call values live in ``scratch`` or in autograd nodes that die w
 A method that needs hooks describes them once (``install(session)``); a one-off call registers,
 activates and removes them; a reusable session (``reusable()``, for servers) keeps them registered
 between calls so a request pays no registration cost.
+
+Gradient rules come in two forms: ``override_gradient`` wraps a module between two identity
+taps and rewrites its true input gradient (the module's backward still runs); ``replace_gradient``
+puts one node after the module whose backward *is* the rule, so the module's own backward is not
+in the graph (cheaper; used by DeepLift).
 """
 from __future__ import annotations
 
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,29 +28,38 @@ from torch import Tensor, nn
 class GradRecord:
     """What a gradient rule sees for one call of a module."""
 
-    __slots__ = ("module", "inputs", "outputs", "grad_output")
+    __slots__ = ("module", "inputs", "outputs", "grad_output", "saved", "graph")
 
     def __init__(self, module: nn.Module, inputs: Tensor):
         self.module = module
         self.inputs = inputs
         self.outputs: Optional[Tensor] = None
         self.grad_output: Optional[Tensor] = None
+        self.saved: Any = None  # what ``capture(output)`` kept from the forward (e.g. pooling indices)
+        self.graph: Optional[Tuple[Tensor, Tensor]] = None  # (input, output) of a replaced backward
+
+    def module_grad(self) -> Tensor:
+        """The module's own input gradient for ``grad_output``, computed on demand where its
+        backward was replaced (``replace_gradient``)."""
+        x, y = self.graph  # type: ignore[misc]
+        return torch.autograd.grad(y, x, self.grad_output, retain_graph=True)[0]
 
 
 class _InputTap(torch.autograd.Function):
-    """Identity (a fresh copy, safe for in-place modules) whose backward applies a gradient rule."""
+    """Identity whose backward applies a gradient rule; a fresh copy only for an in-place module
+    (which would otherwise modify a view of its caller's tensor)."""
 
     @staticmethod
-    def forward(ctx, x, record, rule):  # type: ignore[override]
+    def forward(ctx, x, record, rule, copy):  # type: ignore[override]
         ctx.record, ctx.rule = record, rule
-        return x.clone()
+        return x.clone() if copy else x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         record, rule = ctx.record, ctx.rule
         if record.grad_output is None:  # the module's output did not reach the explained score
-            return grad, None, None
-        return rule(record, grad), None, None
+            return grad, None, None, None
+        return rule(record, grad), None, None, None
 
 
 class _OutputTap(torch.autograd.Function):
@@ -63,6 +77,21 @@ class _OutputTap(torch.autograd.Function):
         if ctx.output_rule is not None:
             grad = ctx.output_rule(ctx.record, grad)
         return grad, None, None
+
+
+class _Replaced(torch.autograd.Function):
+    """A module's output whose backward to the module's input is a rule: the module's own backward
+    is not in the graph and never runs."""
+
+    @staticmethod
+    def forward(ctx, x, y, record, rule):  # type: ignore[override]
+        ctx.record, ctx.rule = record, rule
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        ctx.record.grad_output = grad
+        return ctx.rule(ctx.record, None), None, None, None
 
 
 GradRule = Callable[[GradRecord, Tensor], Tensor]
@@ -100,7 +129,8 @@ class HookSession:
         """``fn(scratch, module, inputs)``; a non-None return replaces the inputs."""
         self._handles.append(module.register_forward_pre_hook(self._guard(fn)))
 
-    def override_gradient(self, module: nn.Module, rule: GradRule, output_rule: Optional[GradRule] = None) -> None:
+    def override_gradient(self, module: nn.Module, rule: GradRule, output_rule: Optional[GradRule] = None,
+                          capture: Optional[Callable[[Tensor], Any]] = None) -> None:
         """Replace the gradient from ``module``'s output to its first input by ``rule(record, grad)``.
 
         ``grad`` is the module's true input gradient; ``record`` holds the detached input and output
@@ -108,6 +138,8 @@ class HookSession:
         forward and for in-place modules. ``output_rule(record, grad_output)``, if given, replaces
         the gradient entering the module's own backward (``grad`` is then the module's backward of
         that), e.g. a normalisation that makes the module's vector-Jacobian product do the rest.
+        ``capture(output)``, if given, keeps something the forward already computed in
+        ``record.saved`` so that the rule need not recompute it.
         """
         stack_key = ("override", id(module))
 
@@ -117,16 +149,39 @@ class HookSession:
                 return None
             record = GradRecord(mod, args[0].detach())
             scratch.setdefault(stack_key, []).append(record)
-            return (_InputTap.apply(args[0], record, rule), *args[1:])
+            return (_InputTap.apply(args[0], record, rule, getattr(mod, "inplace", False)), *args[1:])
 
         def post(scratch, mod, args, output):
             record = scratch[stack_key].pop()
             if record is None or not isinstance(output, Tensor):
                 return None
             record.outputs = output.detach()
+            if capture is not None:
+                record.saved = capture(output)
             return _OutputTap.apply(output, record, output_rule)
 
         self.forward_pre_hook(module, pre)
+        self.forward_hook(module, post)
+
+    def replace_gradient(self, module: nn.Module, rule: GradRule, capture: Optional[Callable[[Tensor], Any]] = None) -> None:
+        """Like ``override_gradient`` but cheaper: ``rule(record, None)`` is the whole gradient from
+        ``module``'s output to its first input and the module's own backward is skipped (a rule
+        that needs it calls ``record.module_grad()``). In-place modules overwrite their input, so
+        they go through ``override_gradient`` (then ``grad`` is given)."""
+        if getattr(module, "inplace", False):
+            self.override_gradient(module, rule, capture=capture)
+            return
+
+        def post(scratch, mod, args, output):
+            if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad or not isinstance(output, Tensor):
+                return None
+            record = GradRecord(mod, args[0].detach())
+            record.outputs = output.detach()
+            record.graph = (args[0], output)
+            if capture is not None:
+                record.saved = capture(output)
+            return _Replaced.apply(args[0], record.outputs, record, rule)
+
         self.forward_hook(module, post)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ The rules are gradient overrides registered through the one hook owner.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Dict, Type
+from functools import lru_cache
+from typing import Callable, Dict, Optional, Type
 
 import torch
 import torch.nn.functional as F
@@ -34,54 +35,89 @@ from ._base import GradientAttribution
 from .._core.errors import AttributionArgumentError
 
 
-def _doubled_diff(t: Tensor) -> Tensor:
-    a, b = t.chunk(2)
-    return torch.cat([a - b, a - b])
+def _halves(t: Tensor) -> Tensor:
+    """``[x; b]`` viewed as (2, n, ...): the input rows and the baseline rows."""
+    return t.view((2, t.shape[0] // 2) + tuple(t.shape[1:]))
 
 
-def _rescale(eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
-    def rule(rec: GradRecord, grad: Tensor) -> Tensor:
-        d_in, d_out = _doubled_diff(rec.inputs), _doubled_diff(rec.outputs)
-        return torch.where(d_in.abs() < eps, grad, rec.grad_output * d_out / d_in)
+def _where_small(rec: GradRecord, grad, small: Tensor, value: Tensor) -> Tensor:
+    """``value`` (2, n, ...) with the module's own gradient where ``|delta_in| < eps``; ``grad`` is
+    that gradient, or None when the backward was replaced (then computed only if needed)."""
+    if grad is None:
+        if not bool(small.any()):
+            return value.reshape(rec.inputs.shape)
+        grad = rec.module_grad()
+    return torch.where(small, _halves(grad), value).view(rec.inputs.shape)
+
+
+def _rescale(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
+    def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
+        x, y = _halves(rec.inputs), _halves(rec.outputs)
+        d_in = x[0] - x[1]  # one half: the differences are the same for both rows of a pair
+        ratio = (y[0] - y[1]).div_(d_in)
+        return _where_small(rec, grad, d_in.abs() < eps, _halves(rec.grad_output) * ratio)
     return rule
 
 
-def _softmax(eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+def _softmax(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
     rescale = _rescale(eps)
 
-    def rule(rec: GradRecord, grad: Tensor) -> Tensor:
+    def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         unnormalized = rescale(rec, grad)
-        return unnormalized - unnormalized.sum() / grad.numel()
+        return unnormalized - unnormalized.sum() / unnormalized.numel()
     return rule
 
 
-def _maxpool(pool: Callable, unpool: Callable, eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
-    def rule(rec: GradRecord, grad: Tensor) -> Tensor:
+def _pool_indices(output: Tensor):
+    """The argmax indices max_pool2d/3d saved for their backward (None where not available)."""
+    return getattr(output.grad_fn, "_saved_result1", None)
+
+
+def _maxpool(pool: Callable, route: Callable, eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    """``route(grad, inputs, indices, module)`` sends output gradients to the argmax positions."""
+
+    def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         m: nn.Module = rec.module
         with torch.no_grad():
-            y, y_ref = rec.outputs.chunk(2)
-            y_max = torch.max(y, y_ref)
-            d_out = torch.cat([y_max - y_ref, y - y_max])
-            _, idx = pool(rec.inputs, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-            routed = unpool(rec.grad_output * d_out, idx, m.kernel_size, m.stride, m.padding, list(rec.inputs.shape))
-            a, b = routed.chunk(2)
-            routed = torch.cat([a + b, a + b])
-            d_in = _doubled_diff(rec.inputs)
-            return torch.where(d_in.abs() < eps, grad, routed / d_in)
+            y = _halves(rec.outputs)
+            y_max = torch.max(y[0], y[1])
+            d_out = torch.stack([y_max - y[1], y[0] - y_max]).view_as(rec.outputs)
+            idx = rec.saved
+            if idx is None or idx.shape != rec.outputs.shape:
+                _, idx = pool(rec.inputs, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+            routed = _halves(route(rec.grad_output * d_out, rec.inputs, idx, m))
+            x = _halves(rec.inputs)
+            d_in = x[0] - x[1]
+            return _where_small(rec, grad, d_in.abs() < eps, (routed[0] + routed[1]).div_(d_in).expand_as(routed))
     return rule
 
 
+def _unpool(unpool: Callable) -> Callable:
+    return lambda g, x, idx, m: unpool(g, idx, m.kernel_size, m.stride, m.padding, list(x.shape))
+
+
+def _pool_backward(op: Callable) -> Callable:
+    """max_pool's own backward (sums where windows overlap, as the chain rule does)."""
+    return lambda g, x, idx, m: op(g, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, idx)
+
+
+_MAXPOOLS = {
+    nn.MaxPool1d: (F.max_pool1d, _unpool(F.max_unpool1d)),
+    nn.MaxPool2d: (F.max_pool2d, _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)),
+    nn.MaxPool3d: (F.max_pool3d, _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)),
+}
+
+
+@lru_cache(maxsize=8)
 def rules(eps: float) -> Dict[Type[nn.Module], Callable]:
-    """Gradient rule per supported module type."""
+    """Gradient rule per supported module type (built once per ``eps``; do not modify)."""
     rescale = _rescale(eps)
-    return {
+    table = {
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
-        nn.Tanh: rescale, nn.Softplus: rescale,
-        nn.MaxPool1d: _maxpool(F.max_pool1d, F.max_unpool1d, eps),
-        nn.MaxPool2d: _maxpool(F.max_pool2d, F.max_unpool2d, eps),
-        nn.MaxPool3d: _maxpool(F.max_pool3d, F.max_unpool3d, eps),
-        nn.Softmax: _softmax(eps),
+        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: _softmax(eps),
     }
+    table.update({t: _maxpool(pool, route, eps) for t, (pool, route) in _MAXPOOLS.items()})
+    return table
 
 
 def call_custom_attribution_func(func: Callable, multipliers, inputs, baselines):
@@ -111,7 +147,7 @@ class DeepLift(GradientAttribution, HookedMethod):
         for module in self.model.modules():
             rule = table.get(type(module))
             if rule is not None:
-                session.override_gradient(module, rule)
+                session.replace_gradient(module, rule, capture=_pool_indices if type(module) in _MAXPOOLS else None)
 
     def multipliers(self, inputs, baselines, target, args):
         """DeepLift multipliers d(score)/d(input) under the Rescale rules (tuples in and out)."""

@@ -29,8 +29,9 @@ def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
 def _random_permutation(n: int, device=None) -> Tensor:
     if n < 2:
         raise AttributionArgumentError("cannot permute features with batch_size = 1")
+    identity = torch.arange(n)
     perm = torch.randperm(n)
-    while bool((perm == torch.arange(n)).all()):
+    while torch.equal(perm, identity):
         perm = torch.randperm(n)
     return perm.to(device) if device is not None else perm
 

@@ -7,6 +7,7 @@ Only ``nn.ReLU`` modules are modified (functional relu calls are not visible to 
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -26,12 +27,16 @@ class ModifiedReluGradientAttribution(GradientAttribution, HookedMethod):
         self.model = model
 
     def _rule(self, rec: GradRecord, grad):
-        return F.relu(rec.grad_output if self.use_relu_grad_output else grad)
+        if self.use_relu_grad_output:
+            return F.relu(rec.grad_output)
+        if grad is None:  # the ReLU's own backward was skipped (replace_gradient): its gradient
+            return torch.ops.aten.threshold_backward(F.relu(rec.grad_output), rec.inputs, 0.0)
+        return F.relu(grad)
 
     def _install_hooks(self, session: HookSession) -> None:
         for module in self.model.modules():
             if isinstance(module, nn.ReLU):
-                session.override_gradient(module, self._rule)
+                session.replace_gradient(module, self._rule)
 
     def attribute(self, inputs, target=None, additional_forward_args=None):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)

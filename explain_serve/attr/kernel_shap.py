@@ -1,12 +1,13 @@
 """Kernel SHAP (Lundberg & Lee 2017): LIME with the Shapley kernel.
 
 With the kernel ``pi(z) = (M - 1) / (C(M, |z|) |z| (M - |z|))`` the weighted linear fit of
-``f(z)`` on binary coalitions ``z`` recovers the Shapley values. As in Captum, coalitions are
-*sampled* from the kernel's distribution over sizes (``P(|z| = k) ~ (M-1) / (k (M-k))``, then a
-uniformly random subset of that size), so the sampled ones get weight 1; the full and the empty
-coalition are always included with a large weight (``inf_weight``), which enforces
-``phi_0 = f(baseline)`` and ``sum(phi) = f(x) - f(baseline)``. The surrogate is unregularised
-weighted least squares with an intercept.
+``f(z)`` on binary coalitions ``z`` recovers the Shapley values. The default estimator
+(``_core.shapley_kernel``) enumerates the heaviest coalition sizes that fit the budget, samples the
+rest in complementary pairs (Covert & Lee 2021), and solves the weighted least squares with
+``phi_0 = f(baseline)`` and ``sum(phi) = f(x) - f(baseline)`` imposed exactly; one design (and one
+pseudo-inverse) serves every example of a batch, so a batch equals its examples one by one under a
+seed. With a user-replaced ``perturb_func`` or ``similarity_func`` it falls back to Captum's
+scheme: sampled coalitions weigh 1, the full and the empty ones ``inf_weight``.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from .._core.targets import TargetType
 from .._core.progress import shows_progress
+from .._core.shapley_kernel import constrained_fit, kernel_design, kernel_weights
+from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
 
@@ -48,7 +50,8 @@ class KernelShap(Lime):
     ):
         """Kernel SHAP values of each feature group (``feature_mask``; default every scalar).
 
-        ``n_samples`` counts the full and empty coalitions. Same shapes as ``Lime.attribute``.
+        ``n_samples`` counts the full and empty coalitions (at most ``2^M`` are evaluated: then
+        the values are exact). Same shapes as ``Lime.attribute``.
         """
         return self._attribute_kwargs(inputs, baselines, target, additional_forward_args, feature_mask,
                                       n_samples, perturbations_per_eval, return_input_shape)
@@ -91,26 +94,32 @@ class KernelShap(Lime):
         z.scatter_(-1, order, torch.arange(m).expand(groups, n, m) < sizes)
         return z.to(device)
 
-    # vectorized path ------------------------------------------------------------------------
+    # vectorized path: the estimator of _core.shapley_kernel ---------------------------------
+    def _default_estimator(self) -> bool:
+        return (self.perturb_func == self.kernel_shap_perturb_generator
+                and self.similarity_func == self.kernel_shap_similarity_kernel)
+
     def _sampler(self):
         if self.perturb_func != self.kernel_shap_perturb_generator:
             return super()._sampler()
 
         def sample(groups: int, n: int, m: int, device) -> Tensor:
-            fixed = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)]).to(device)
-            z = torch.cat([fixed.expand(groups, 2, m), self._draw(groups, max(n - 2, 0), m, device)], 1)
-            return z[:, :n]
+            z, _ = kernel_design(m, n, device)  # one design for every example
+            return z.expand(groups, z.shape[0], m)
 
         return sample
 
     def _batched_similarity(self):
         if self.similarity_func != self.kernel_shap_similarity_kernel:
             return super()._batched_similarity()
+        # the kernel weights depend on the whole design; _fit computes them
+        return lambda orig, pert, z, per_example: torch.ones(z.shape[:2], dtype=torch.float64, device=z.device)
 
-        def weights(orig, pert, z: Tensor, per_example: bool) -> Tensor:
-            k = z.sum(-1)
-            full = (k == 0) | (k == z.shape[-1])
-            return torch.where(full, torch.full_like(k, self.inf_weight, dtype=torch.float64),
-                               torch.ones_like(k, dtype=torch.float64))
-
-        return weights
+    def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+        if not self._default_estimator():
+            return super()._fit(x, y, w)
+        z = x[0].bool()
+        phi = constrained_fit(z, kernel_weights(z), y)
+        model = self.interpretable_model
+        model.coef_, model.intercept_ = phi, y[:, 1]
+        return phi

@@ -74,15 +74,32 @@ class InterpretableLinearModel:
         design = torch.cat([x, torch.ones_like(x[..., :1])], -1) if self.fit_intercept else x
         a = design * s
         b = y.unsqueeze(-1) * s
-        if self.alpha > 0:
-            pen = torch.zeros(design.shape[-1], design.shape[-1], dtype=x.dtype, device=x.device)
-            pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
-            a = torch.cat([a, pen.expand(a.shape[:-2] + pen.shape)], -2)
-            b = torch.cat([b, b.new_zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
-        sol = (torch.linalg.pinv(a) @ b).squeeze(-1)
+        sol = self._normal_equations(a, b, n_feat)
+        if sol is None:
+            sol = self._pinv_solve(a, b, n_feat)
         self.coef_ = sol[..., :n_feat].to(dtype)
         self.intercept_ = sol[..., n_feat].to(dtype) if self.fit_intercept else torch.zeros_like(sol[..., 0]).to(dtype)
         return self.coef_
+
+    def _normal_equations(self, a: Tensor, b: Tensor, n_feat: int) -> Optional[Tensor]:
+        """The fast path: Cholesky of ``a'a + alpha I`` (None if that is singular or ill-conditioned)."""
+        gram = a.transpose(-1, -2) @ a
+        if self.alpha > 0:
+            gram.diagonal(dim1=-2, dim2=-1)[..., :n_feat] += self.alpha
+        chol, info = torch.linalg.cholesky_ex(gram)
+        diag = chol.diagonal(dim1=-2, dim2=-1)
+        if bool((info != 0).any()) or not bool((diag.min(-1).values > 1e-6 * diag.max(-1).values).all()):
+            return None
+        return torch.cholesky_solve(a.transpose(-1, -2) @ b, chol).squeeze(-1)
+
+    def _pinv_solve(self, a: Tensor, b: Tensor, n_feat: int) -> Tensor:
+        """Minimum-norm least squares (rank-deficient designs: fewer samples than features)."""
+        if self.alpha > 0:
+            pen = torch.zeros(a.shape[-1], a.shape[-1], dtype=a.dtype, device=a.device)
+            pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
+            a = torch.cat([a, pen.expand(a.shape[:-2] + pen.shape)], -2)
+            b = torch.cat([b, b.new_zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
+        return (torch.linalg.pinv(a) @ b).squeeze(-1)
 
     def representation(self) -> Tensor:
         if self.coef_ is None:
@@ -325,7 +342,8 @@ class Lime(LimeBase):
     def _sampler(self) -> Optional[Callable[[int, int, int, Any], Tensor]]:
         """Vectorized sampler ``(groups, n_samples, n_features, device) -> bool (G, S, F)``."""
         if self.perturb_func is default_perturb_func:
-            return lambda g, s, f, device: torch.rand(g, s, f, device=device) < 0.5
+            # one draw shared by every example: a batch equals its examples one by one under a seed
+            return lambda g, s, f, device: (torch.rand(s, f, device=device) < 0.5).expand(g, s, f)
         return None
 
     def _batched_similarity(self) -> Optional[Callable]:
@@ -421,7 +439,15 @@ class Lime(LimeBase):
         bsz = inputs[0].shape[0]
         masks = tuple(m.to(x.device) for m, x in zip(raw_masks, inputs))
         coefs = []
+        device = inputs[0].device
+        cuda = device.type == "cuda"
+        # every example starts from the same random state: a batch equals its examples one by one
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state(device) if cuda else None)
         for g in range(groups):
+            if g:
+                torch.set_rng_state(rng[0])
+                if cuda:
+                    torch.cuda.set_rng_state(rng[1], device)
             if groups == 1:
                 xi, bi, mi, ti, ai = inputs, baselines, masks, target, args
             else:

@@ -1,0 +1,151 @@
+"""The Kernel SHAP estimator: which coalitions to evaluate, their weights, and the constrained fit.
+
+Lundberg & Lee (2017): with the Shapley kernel the weighted least-squares fit of the coalition
+values ``v(z)`` on binary coalitions ``z``, subject to ``phi_0 = v(empty)`` and
+``sum(phi) = v(full) - v(empty)`` (efficiency), is the vector of Shapley values. The kernel gives
+coalition size ``k`` (``0 < k < M``) the total weight ``W(k) = (M - 1) / (k (M - k))``, split evenly
+over its ``C(M, k)`` coalitions; ``W`` is largest for the smallest and largest sizes.
+
+Design for a budget of ``n`` coalitions (the full and the empty one included):
+
+- sizes are visited in pairs ``(k, M - k)`` from the heaviest (``k = 1``) inwards; a pair is
+  *enumerated* (all its coalitions, exact kernel weights) while sampling it would be expected to
+  draw at least as many coalitions as it has (``budget * share of the remaining weight >= count``);
+- the rest of the budget is *sampled* in complementary pairs (Covert & Lee 2021): a size from the
+  kernel over the sizes left, a uniform subset of that size, and its complement; each sampled
+  coalition carries an equal share of the remaining weight.
+
+The design depends only on ``(M, n)`` and the random draws, never on the examples, so a batch is
+explained with one design (batch == per example under a seed) and one pseudo-inverse.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def size_mass(m: int) -> Tensor:
+    """Total Shapley-kernel weight of each coalition size ``0..m`` (0 at sizes 0 and m)."""
+    k = torch.arange(m + 1, dtype=torch.float64)
+    w = (m - 1) / (k * (m - k))
+    w[0] = 0.0
+    w[m] = 0.0
+    return w
+
+
+@lru_cache(maxsize=64)
+def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
+    """Enumerated coalitions, the number to sample, the sampling distribution over sizes and the
+    weight of one coalition of each size (cached: it only depends on ``m, n``)."""
+    mass = size_mass(m)
+    budget = max(n_samples - 2, 0)
+    remaining = float(mass.sum())
+    rows = []
+    by_size = torch.zeros(m + 1, dtype=torch.float64)
+    k = 1
+    while 2 * k <= m and budget > 0:
+        sizes = (k,) if 2 * k == m else (k, m - k)
+        count = sum(math.comb(m, s) for s in sizes)
+        share = float(sum(mass[s] for s in sizes))
+        if count > budget or budget * share / remaining < count - 1e-9:
+            break
+        subsets = torch.combinations(torch.arange(m), k) if k > 1 else torch.arange(m).reshape(m, 1)
+        z = torch.zeros(subsets.shape[0], m, dtype=torch.bool)
+        z.scatter_(1, subsets, True)
+        rows.append(z)
+        if len(sizes) == 2:
+            rows.append(~z)
+        for s in sizes:
+            by_size[s] = float(mass[s]) / math.comb(m, s)
+        budget -= count
+        remaining -= share
+        k += 1
+    enumerated = torch.cat(rows) if rows else torch.zeros(0, m, dtype=torch.bool)
+    probs = mass.clone()
+    probs[:k] = 0.0
+    probs[m - k + 1:] = 0.0
+    n_sampled = budget if probs.sum() > 0 else 0
+    if n_sampled:
+        by_size[k:m - k + 1] = remaining / n_sampled
+    return enumerated, n_sampled, probs, by_size
+
+
+def kernel_weights(z: Tensor) -> Tensor:
+    """Weights (S,) of the coalitions of a design ``z`` (S, M) made by ``kernel_design``."""
+    by_size = _plan(z.shape[-1], z.shape[0])[3].to(z.device)
+    return by_size[z.sum(-1)]
+
+
+def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None
+                  ) -> Tuple[Tensor, Tensor]:
+    """Coalitions ``z`` (S, m) bool and their kernel weights (S,) float64.
+
+    Row 0 is the full coalition and row 1 the empty one (weight 0: the fit enforces them
+    exactly); then the enumerated sizes; then the sampled coalitions in complementary pairs (with
+    an odd budget the last one is unpaired). ``S = max(n_samples, 2)``.
+    """
+    enumerated, n_sampled, probs, by_size = _plan(m, int(n_samples))
+    ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
+    parts = [ends, enumerated]
+    if n_sampled:
+        n_draw = (n_sampled + 1) // 2
+        sizes = torch.multinomial(probs, n_draw, replacement=True, generator=generator)
+        order = torch.rand(n_draw, m, generator=generator).argsort(-1)
+        z = torch.zeros(n_draw, m, dtype=torch.bool)
+        z.scatter_(1, order, torch.arange(m).expand(n_draw, m) < sizes[:, None])
+        parts.append(torch.stack([z, ~z], 1).reshape(2 * n_draw, m)[:n_sampled])
+    z = torch.cat(parts)
+    return z.to(device), by_size[z.sum(-1)].to(device)
+
+
+@lru_cache(maxsize=16)
+def _sum_zero_basis(m: int) -> Tensor:
+    """Orthonormal basis (m, m - 1) of the vectors whose entries sum to zero (Helmert's)."""
+    j = torch.arange(1, m, dtype=torch.float64)
+    q = (torch.arange(m, dtype=torch.float64)[:, None] < j).to(torch.float64)  # ones above the diagonal
+    q[j.long(), (j - 1).long()] = -j
+    return q / torch.sqrt(j * (j + 1))
+
+
+def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
+    """Shapley-kernel weighted least squares with ``phi_0 = v(empty)`` and efficiency imposed.
+
+    ``z`` (S, M) coalitions with the full one at row 0 and the empty one at row 1, ``w`` (S,)
+    weights, ``y`` (G, S) values per example. Returns ``phi`` (G, M) with
+    ``phi.sum(-1) == y[:, 0] - y[:, 1]`` exactly. Writing ``phi = delta / M + u`` with
+    ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
+    ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
+    (then the design is just ``z Q``) and the normal equations are solved by Cholesky; a
+    rank-deficient or ill-conditioned design (a budget below ``M``), or more features, goes
+    through the pseudo-inverse (minimum-norm). Either way one factorisation
+    serves all examples.
+    """
+    z = z.to(torch.float64)
+    y = y.to(torch.float64)
+    w = w.to(torch.float64)
+    m = z.shape[-1]
+    k = z.sum(-1)
+    v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
+    if m < 2:
+        return delta.expand(y.shape[0], m).clone()
+    resid = y - v0 - delta * (k / m)  # (G, S)
+    if m <= 256 and z.shape[0] - 2 >= m - 1:  # fewer coalitions than unknowns: surely rank-deficient
+        q = _sum_zero_basis(m).to(z.device)
+        a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
+        aw = a * w[:, None]
+        chol, info = torch.linalg.cholesky_ex(a.transpose(0, 1) @ aw)
+        diag = chol.diagonal()
+        if int(info) == 0 and bool(diag.min() > 1e-6 * diag.max()):
+            v = torch.cholesky_solve((resid @ aw).transpose(0, 1), chol)  # (M-1, G)
+            return delta / m + (q @ v).transpose(0, 1)
+    sw = w.sqrt()
+    a = sw[:, None] * (z - k[:, None] / m)  # (S, M)
+    b = (resid * sw).transpose(0, 1)  # (S, G)
+    # the SVD's pseudo-inverse (LAPACK gelsy is faster but not repeatable on rank-deficient designs);
+    # paired coalitions make exactly collinear rows: a relative cut-off well above rounding
+    u = torch.linalg.pinv(a, rtol=1e-10) @ b
+    return delta / m + u.transpose(0, 1)

@@ -62,7 +62,8 @@ def backend_row(raw: bytes) -> Dict[str, Any]:
 
 def _input(svc: ExplainService, rng: random.Random) -> Any:
     if svc.kind == "text":
-        words = [w for w in svc.vocab[2:] if w.isalpha()] or svc.vocab
+        vocab = list(getattr(svc.tokenizer, "vocab", None) or ["hello", "world"])  # word vocabularies
+        words = [w for w in vocab[2:] if w.isalpha()] or vocab
         return " ".join(rng.choice(words) for _ in range(rng.randint(2, 8)))
     shape = svc.cfg["input"]["shape"]
     scale = 1.0 if svc.kind == "image" else 2.0

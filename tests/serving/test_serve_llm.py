@@ -306,8 +306,12 @@ def test_causal_lm_describes_its_methods_and_limits(lm_service):
 def test_causal_lm_describe_over_both_apis(client, served, lm_service):
     from explain_serve.serving.server import _get
 
+    from tests.serving.conftest import MAX_RESPONSE
+
     status, desc = client.describe("tiny_lm")
-    assert status == 200 and desc == _call(lm_service, {"describe": True}, explain=False)[1] | {"model": "tiny_lm"}
+    local = _call(lm_service, {"describe": True}, explain=False)[1]
+    limit = min(local["max_response_bytes"], MAX_RESPONSE)  # the server's max_response_size caps the config's
+    assert status == 200 and desc == local | {"model": "tiny_lm", "max_response_bytes": limit}
     mgmt = _get(f"{served['endpoints']['management']}/models/tiny_lm?customized=true", served["keys"]["management"])
     meta = mgmt[0]["customizedMetadata"]  # TorchServe parses the handler's JSON string
     assert (json.loads(meta) if isinstance(meta, str) else meta) == desc

@@ -73,6 +73,7 @@ class HookSession:
 
     def __init__(self) -> None:
         self._handles: List[Any] = []
+        self._call_handles: List[Any] = []  # tensor hooks of the call in progress
         self._active = False
         self._thread: Optional[int] = None
         self._lock = threading.RLock()
@@ -129,6 +130,22 @@ class HookSession:
         self.forward_pre_hook(module, pre)
         self.forward_hook(module, post)
 
+    def tensor_hook(self, tensor: Tensor, fn: Callable) -> None:
+        """``fn(scratch, grad)`` on the total gradient of ``tensor`` (all its consumers summed) in this
+        call's backward; a non-None return replaces it. Call it from a running hook: the handle is
+        removed when the call ends, so a tensor that outlives the call keeps no hook."""
+        if not self._active:
+            raise RuntimeError("tensor hooks are registered during a call (from a module hook)")
+        ref = weakref.ref(self)
+
+        def hook(grad):
+            session = ref()
+            if session is None or not session._active:
+                return None
+            return fn(session.scratch, grad)
+
+        self._call_handles.append(tensor.register_hook(hook))
+
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def registered(self) -> int:
@@ -143,6 +160,9 @@ class HookSession:
                 yield self.scratch
             finally:
                 self._active, self._thread = False, None
+                for handle in self._call_handles:
+                    handle.remove()
+                self._call_handles.clear()
                 self.scratch.clear()
 
     def remove(self) -> None:

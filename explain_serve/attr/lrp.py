@@ -106,8 +106,10 @@ def _input_relevance(value: Tensor, rule: PropagationRule, cell: dict):
 
     def hook(scratch, grad):
         relevance = grad * value
-        # a nonlinearity that produced this tensor passes this relevance on (see _nonlinear_input)
-        scratch.setdefault("lrp-replace", {})[id(grad)] = (grad, relevance)
+        # a nonlinearity whose recorded output gradient is this very tensor passes this relevance
+        # on (see _nonlinear_input); a weak reference, so that autograd may still accumulate into
+        # ``grad`` in place, as it does under Captum (which tags the gradient tensor itself)
+        scratch.setdefault("lrp-replace", {})[id(grad)] = (weakref.ref(grad), relevance)
         return relevance
 
     return hook
@@ -123,7 +125,7 @@ def _nonlinear_input(cell: dict):
         if out is None:
             return None
         replaced = scratch.get("lrp-replace", {}).pop(id(out), None)
-        return replaced[1] if replaced is not None and replaced[0] is out else out
+        return replaced[1] if replaced is not None and replaced[0]() is out else out
 
     return hook
 

@@ -338,3 +338,23 @@ def test_skip_model_leaves_no_hooks_and_the_next_call_is_unchanged():
     with lrp:  # a reusable session (servers): same numbers, hooks gone after close
         assert torch.equal(lrp.attribute(x, target=1), first)
     assert hook_state(model) == state
+
+
+def test_tensor_hooks_act_in_the_call_only():
+    """``HookSession.tensor_hook``: sees the total gradient of a tensor (all consumers) in the call
+    and is removed when the call ends, so a tensor kept afterwards has no hook."""
+    from explain_serve._core.hooks import HookSession
+
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    seen = []
+    with HookSession() as session:
+        with pytest.raises(RuntimeError):
+            session.tensor_hook(x * 1, lambda scratch, g: None)  # outside a call
+        with session.active():
+            h = x * 1
+            session.tensor_hook(h, lambda scratch, g: seen.append(g.clone()) or g * 10)
+            (g,) = torch.autograd.grad((h * 2).sum() + (h * 3).sum(), x, retain_graph=True)
+        assert torch.equal(g, torch.full((3,), 50.0, dtype=torch.float64))
+        assert torch.equal(seen[0], torch.full((3,), 5.0, dtype=torch.float64))
+        (g,) = torch.autograd.grad((h * 2).sum(), x)  # after the call: plain gradient, hook gone
+        assert torch.equal(g, torch.full((3,), 2.0, dtype=torch.float64)) and len(seen) == 1

@@ -4,6 +4,8 @@ A ``HookSession`` registers hooks once and keeps them inert until ``active()``; 
 they run and may use ``scratch``, a per-call dict that is emptied when the call ends, successful or
 not. Nothing is ever stored on user modules or tensors: hook closures hold a weak reference to the
 session, and per-call values live in ``scratch`` or in autograd nodes that die with the graph.
+Hooks on a call's tensors (``tensor_hook``, registered from a running hook) are removed when the
+call ends.
 
 A method that needs hooks describes them once (``install(session)``); a one-off call registers,
 activates and removes them; a reusable session (``reusable()``, for servers) keeps them registered

@@ -191,3 +191,170 @@ def test_module_used_twice_raises_captums_error_and_leaves_no_hooks():
     assert hook_state(model) == state
     assert ea.LRP(nn.Sequential(model.fc, nn.ReLU(), model.out)).attribute(x, target=0).shape == x.shape
 
+
+
+# --- skip connections: Captum's scheme (relevance hooks on tensors, first rule consumer multiplies) ---
+
+class _Add(nn.Module):
+    def forward(self, a, b):
+        return a + b
+
+
+class _Residual(nn.Module):
+    """lin1 -> relu -> residual block -> relu -> lin3; the block's sum is ``self.add`` (either
+    order), a functional ``+``, or skips from the pre-activation (a tensor shared by a ReLU and the sum)."""
+
+    def __init__(self, form: str, conv: bool = False):
+        super().__init__()
+        torch.manual_seed(1)
+        self.form, self.conv = form, conv
+        if conv:
+            self.lin1, self.lin2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+            self.pool, self.lin3 = nn.AvgPool2d(2), nn.Linear(27, 3)
+        else:
+            self.lin1, self.lin2, self.lin3 = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 3)
+        self.relu1, self.relu2, self.add = nn.ReLU(), nn.ReLU(), _Add()
+        self.double()
+
+    def forward(self, x):
+        z = self.lin1(x)
+        h = self.relu1(z)
+        if self.form == "module":
+            s = self.add(self.lin2(h), h)
+        elif self.form == "module_skip_first":
+            s = self.add(h, self.lin2(h))
+        elif self.form == "functional":
+            s = h + self.lin2(h)
+        else:  # "preactivation"
+            s = self.add(self.lin2(h), z)
+        s = self.relu2(s)
+        if self.conv:
+            s = self.pool(s).reshape(x.shape[0], -1)
+        return self.lin3(s)
+
+
+SKIP_RULES = {
+    "default": lambda m, R: {m.add: R.EpsilonRule()},
+    "identity_add": lambda m, R: {m.add: R.IdentityRule()},
+    "identity_lin2": lambda m, R: {m.add: R.EpsilonRule(), m.lin2: R.IdentityRule()},
+    "gamma_alpha": lambda m, R: {m.add: R.EpsilonRule(0.01), m.lin2: R.GammaRule(), m.lin1: R.Alpha1_Beta0_Rule()},
+}
+SKIP_CASES = [
+    (form, rules, conv)
+    for form in ("module", "module_skip_first", "functional", "preactivation")
+    for rules in sorted(SKIP_RULES)
+    for conv in (False, True)
+    if not (form == "functional" and rules == "identity_add")  # the functional sum has no module
+]
+
+
+def _skip_model(form, conv):
+    model = _Residual(form, conv)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((3, 1, 6, 6) if conv else (3, 4), generator=g, dtype=torch.float64)
+    return model, x
+
+
+@pytest.mark.parametrize("form,rules,conv", SKIP_CASES, ids=[f"{f}-{r}-{'cnn' if c else 'mlp'}" for f, r, c in SKIP_CASES])
+def test_skip_connections_agree_with_captum(form, rules, conv):
+    """Residual blocks (sum as a module in either order, functional sum, skip from the
+    pre-activation; MLP and CNN) under every rule: Captum's numbers, LRP and LayerLRP."""
+    model, x = _skip_model(form, conv)
+
+    def captum(fn):
+        _assign(model, SKIP_RULES[rules](model, captum_rules))
+        try:
+            return fn()
+        finally:
+            _assign(model, {})
+
+    ours_rules_ = SKIP_RULES[rules](model, ours_rules)
+    got, delta = ea.LRP(model, rules=ours_rules_).attribute(x, target=1, return_convergence_delta=True)
+    want, want_delta = captum(lambda: captum_attr.LRP(model).attribute(x, target=1, return_convergence_delta=True))
+    torch.testing.assert_close(got, want.detach(), rtol=1e-7, atol=1e-10)
+    torch.testing.assert_close(delta, want_delta.detach(), rtol=1e-7, atol=1e-10)
+    layer = model.lin2
+    for to_input in (False, True):
+        if to_input and rules == "identity_lin2":
+            continue  # Captum keeps no input relevance for an identity layer (its LayerLRP fails)
+        got = ea.LayerLRP(model, layer, rules=ours_rules_).attribute(x, target=1, attribute_to_layer_input=to_input)
+        want = captum(lambda: captum_attr.LayerLRP(model, layer).attribute(x, target=1, attribute_to_layer_input=to_input))
+        torch.testing.assert_close(got, want.detach(), rtol=1e-7, atol=1e-10)
+
+
+def test_captums_own_skip_connection_case():
+    """Captum's test: ``add(linear(x), x)`` with weights 5 and input (2, 3) gives (10, 18), by hand:
+    output 28 = 25 + 3; x_i's relevance is x_i * (5 + 5 [linear] + skip_i) / 28 * 28."""
+    linear = nn.Linear(2, 2, bias=False)
+    linear.weight.data.fill_(5)
+    add = ea.Addition_Module()
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.add = linear, add
+
+        def forward(self, x):
+            return self.add(self.linear(x), x)
+
+    model, x = Skip(), torch.tensor([[2.0, 3.0]])
+    got = ea.LRP(model).attribute(x, target=1)  # Addition_Module: epsilon rule by default
+    torch.testing.assert_close(got, torch.tensor([[10.0, 18.0]]))
+    add.rule = captum_rules.EpsilonRule()
+    try:
+        want = captum_attr.LRP(model).attribute(x, target=1)
+    finally:
+        add.__dict__.pop("rule", None)
+    torch.testing.assert_close(got, want.detach())
+    from captum.attr._utils.custom_modules import Addition_Module as CaptumAddition
+
+    model.add = CaptumAddition()  # Captum's own class: its default rule too, without a rule set
+    torch.testing.assert_close(ea.LRP(model).attribute(x, target=1), want.detach())
+
+
+def test_residual_conservation_with_addition_module_and_functional_sum():
+    """Bias-free, epsilon -> 0: with the sum as a module relevance is conserved; a functional sum
+    (as in Captum) multiplies the skip branch's relevance by the input again, so it is not."""
+    for form, conserved in (("module", True), ("module_skip_first", True), ("functional", False)):
+        model, x = _skip_model(form, False)
+        for m in (model.lin1, model.lin2, model.lin3):
+            m.bias = None
+        x = x.abs()
+        attr, delta = ea.LRP(model, rules={model.add: ours_rules.EpsilonRule()}).attribute(x, target=1, return_convergence_delta=True)
+        out = model(x)[:, 1].detach()
+        assert torch.allclose(delta, out - attr.sum(1))
+        assert (delta.abs().max() < 1e-8) == conserved, (form, delta)
+
+
+def test_skip_model_leaves_no_hooks_and_the_next_call_is_unchanged():
+    model, x = _skip_model("preactivation", True)
+    state = hook_state(model)
+    lrp = ea.LRP(model, rules={model.add: ours_rules.EpsilonRule()})
+    first = lrp.attribute(x, target=1)
+    with pytest.raises(Exception):
+        lrp.attribute(x, target=7)
+    assert hook_state(model) == state
+    assert torch.equal(lrp.attribute(x, target=1), first)
+    with lrp:  # a reusable session (servers): same numbers, hooks gone after close
+        assert torch.equal(lrp.attribute(x, target=1), first)
+    assert hook_state(model) == state
+
+
+def test_tensor_hooks_act_in_the_call_only():
+    """``HookSession.tensor_hook``: sees the total gradient of a tensor (all consumers) in the call
+    and is removed when the call ends, so a tensor kept afterwards has no hook."""
+    from explain_serve._core.hooks import HookSession
+
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    seen = []
+    with HookSession() as session:
+        with pytest.raises(RuntimeError):
+            session.tensor_hook(x * 1, lambda scratch, g: None)  # outside a call
+        with session.active():
+            h = x * 1
+            session.tensor_hook(h, lambda scratch, g: seen.append(g.clone()) or g * 10)
+            (g,) = torch.autograd.grad((h * 2).sum() + (h * 3).sum(), x, retain_graph=True)
+        assert torch.equal(g, torch.full((3,), 50.0, dtype=torch.float64))
+        assert torch.equal(seen[0], torch.full((3,), 5.0, dtype=torch.float64))
+        (g,) = torch.autograd.grad((h * 2).sum(), x)  # after the call: plain gradient, hook gone
+        assert torch.equal(g, torch.full((3,), 2.0, dtype=torch.float64)) and len(seen) == 1

@@ -4,6 +4,8 @@ A ``HookSession`` registers hooks once and keeps them inert until ``active()``; 
 they run and may use ``scratch``, a per-call dict that is emptied when the call ends, successful or
 not. Nothing is ever stored on user modules or tensors: hook closures hold a weak reference to the
 session, and per-call values live in ``scratch`` or in autograd nodes that die with the graph.
+Hooks on a call's tensors (``tensor_hook``, registered from a running hook) are removed when the
+call ends.
 
 A method that needs hooks describes them once (``install(session)``); a one-off call registers,
 activates and removes them; a reusable session (``reusable()``, for servers) keeps them registered
@@ -102,6 +104,7 @@ class HookSession:
 
     def __init__(self) -> None:
         self._handles: List[Any] = []
+        self._call_handles: List[Any] = []  # tensor hooks of the call in progress
         self._active = False
         self._thread: Optional[int] = None
         self._lock = threading.RLock()
@@ -184,6 +187,22 @@ class HookSession:
 
         self.forward_hook(module, post)
 
+    def tensor_hook(self, tensor: Tensor, fn: Callable) -> None:
+        """``fn(scratch, grad)`` on the total gradient of ``tensor`` (all its consumers summed) in this
+        call's backward; a non-None return replaces it. Call it from a running hook: the handle is
+        removed when the call ends, so a tensor that outlives the call keeps no hook."""
+        if not self._active:
+            raise RuntimeError("tensor hooks are registered during a call (from a module hook)")
+        ref = weakref.ref(self)
+
+        def hook(grad):
+            session = ref()
+            if session is None or not session._active:
+                return None
+            return fn(session.scratch, grad)
+
+        self._call_handles.append(tensor.register_hook(hook))
+
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def registered(self) -> int:
@@ -198,6 +217,9 @@ class HookSession:
                 yield self.scratch
             finally:
                 self._active, self._thread = False, None
+                for handle in self._call_handles:
+                    handle.remove()
+                self._call_handles.clear()
                 self.scratch.clear()
 
     def remove(self) -> None:

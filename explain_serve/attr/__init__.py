@@ -62,6 +62,7 @@ _EXPORTS = {
     "GammaRule": "lrp_rules",
     "Alpha1_Beta0_Rule": "lrp_rules",
     "IdentityRule": "lrp_rules",
+    "Addition_Module": "custom_modules",
     # embedding helpers
     "configure_interpretable_embedding_layer": "embeddings",
     "remove_interpretable_embedding_layer": "embeddings",

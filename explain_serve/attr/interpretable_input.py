@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._core.errors import AttributionArgumentError
+
 
 def _ordered_ids(ids: Sequence[Any]) -> List[Any]:
     """Distinct mask ids in a stable order: sorted when comparable, else first appearance."""
@@ -222,14 +224,14 @@ class ImageMaskInput(InterpretableInput):
         if mask_list is not None:
             for i, m in enumerate(mask_list):
                 if tuple(m.shape) != shape:
-                    raise ValueError(f"ImageMaskInput: mask_list[{i}] has shape {tuple(m.shape)}, the image is {shape}")
+                    raise AttributionArgumentError(f"ImageMaskInput: mask_list[{i}] has shape {tuple(m.shape)}, the image is {shape}")
             ids: List[int] = list(range(len(mask_list)))
             mask = torch.empty(0)
         else:
             if mask is None:
                 mask = torch.zeros(shape, dtype=torch.int32)
             elif tuple(mask.shape) != shape:
-                raise ValueError(f"ImageMaskInput: mask has shape {tuple(mask.shape)}, the image is {shape}")
+                raise AttributionArgumentError(f"ImageMaskInput: mask has shape {tuple(mask.shape)}, the image is {shape}")
             ids = [int(i) for i in torch.unique(mask).tolist()]
             mask_list = []
         self.mask = mask

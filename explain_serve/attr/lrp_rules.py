@@ -3,9 +3,12 @@
 A rule says how the relevance ``R_out`` arriving at a layer's output is redistributed onto its
 input ``a``: ``R_in = a * J'^T (R_out / (z' + eps * sign(z')))`` where ``z' = layer'(a)`` is the
 layer evaluated with the rule's modified parameters and ``J'`` its Jacobian (for a linear layer
-``R_in_i = a_i * sum_j w'_ij R_j / z'_j``). Rules are plain, stateless objects: assign one per
-module (``module.rule = GammaRule()``, as in Captum, or ``LRP(model, rules={module: rule})``);
-nothing is ever written on the module by the attribution.
+``R_in_i = a_i * sum_j w'_ij R_j / z'_j``). A rule supplies ``layer_output`` (``z'``) and
+``stabilised`` (the division); ``lrp.LRP`` does the rest in the backward pass, and ``propagate`` is
+the same formula written out for one layer. ``IdentityRule`` hands ``R_out`` to the layer's input
+unchanged. Rules are plain, stateless objects: assign one per module (``module.rule = GammaRule()``,
+as in Captum, or ``LRP(model, rules={module: rule})``); nothing is ever written on the module by
+the attribution.
 """
 from __future__ import annotations
 
@@ -51,10 +54,8 @@ class PropagationRule:
         sign = torch.where(z == 0, torch.ones_like(z), torch.sign(z))
         return relevance / (z + sign * self.STABILITY_FACTOR)
 
-    def uses_module_backward(self) -> bool:
-        """True when the layer is unmodified, so its own backward is the ``J^T`` of the rule: the
-        relevance is then propagated in the ordinary backward pass, with no re-evaluation."""
-        return not self._modifies() and type(self).propagate is PropagationRule.propagate
+    #: True for rules that hand the relevance at the layer's output to its input unchanged
+    passes_relevance_through = False
 
     def propagate(self, module: nn.Module, a: Tensor, relevance: Tensor) -> Tensor:
         """Relevance at the input from the (normalised) relevance at the output."""
@@ -102,6 +103,8 @@ class Alpha1_Beta0_Rule(PropagationRule):
 class IdentityRule(EpsilonRule):
     """Passes the relevance through unchanged (input and output have the same shape)."""
 
+    passes_relevance_through = True
+
     def propagate(self, module: nn.Module, a: Tensor, relevance: Tensor) -> Tensor:
         return relevance
 
@@ -116,15 +119,13 @@ class CaptumStyleRule(PropagationRule):
         self.rule = rule
         self.STABILITY_FACTOR = getattr(rule, "STABILITY_FACTOR", PropagationRule.STABILITY_FACTOR)
         self._identity = any(c.__name__ == "IdentityRule" for c in type(rule).__mro__)
+        self.passes_relevance_through = self._identity
 
     def _modifies(self) -> bool:
         return not self._identity and any(
             c.__name__ not in ("EpsilonRule", "PropagationRule") and "_manipulate_weights" in vars(c)
             for c in type(self.rule).__mro__
         )
-
-    def uses_module_backward(self) -> bool:
-        return not self._identity and not self._modifies()
 
     def layer_output(self, module: nn.Module, a: Tensor) -> Tensor:
         if not self._modifies():

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 import torch
 from torch import Tensor
 
+from ..._core.errors import AttributionArgumentError
 from .._base import Attribution
 from ..interpretable_input import InterpretableInput
 
@@ -89,7 +90,7 @@ class BaseLLMAttribution(Attribution):
     def _generate(self, inp: InterpretableInput, gen_args: Optional[Dict[str, Any]]) -> Tensor:
         generate = getattr(self.model, "generate", None)
         if not callable(generate):
-            raise ValueError("the model has no generate(): give the target text to explain")
+            raise AttributionArgumentError("the model has no generate(): give the target text to explain")
         model_inp = self._format_model_input(inp.to_model_input())
         if "attention_mask" not in model_inp:
             model_inp["attention_mask"] = torch.ones_like(model_inp["input_ids"])
@@ -108,7 +109,7 @@ class BaseLLMAttribution(Attribution):
             tokens = self._generate(inp, gen_args)
         else:
             if gen_args is not None:
-                raise ValueError("gen_args is only used to generate the target; pass gen_args=None with a target")
+                raise AttributionArgumentError("gen_args is only used to generate the target; pass gen_args=None with a target")
             if isinstance(target, str):
                 tokens = torch.tensor(self.tokenizer.encode(target, add_special_tokens=False), dtype=torch.long)
             elif isinstance(target, Tensor):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from torch import Tensor
 
+from ..._core.errors import AttributionArgumentError
 from ..feature_ablation import FeatureAblation
 from ..interpretable_input import ImageMaskInput, InterpretableInput, TextTemplateInput, TextTokenInput
 from ..kernel_shap import KernelShap
@@ -52,7 +53,7 @@ class LLMAttribution(BaseLLMAttribution):
     def __init__(self, attr_method, tokenizer, attr_target: str = "log_prob", batch_size: Optional[int] = None) -> None:
         super().__init__(attr_method, tokenizer)
         if attr_target not in ("log_prob", "prob"):
-            raise ValueError(f"attr_target must be 'log_prob' or 'prob', got {attr_target!r}")
+            raise AttributionArgumentError(f"attr_target must be 'log_prob' or 'prob', got {attr_target!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
         self.attr_target = attr_target

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..._core.errors import AttributionArgumentError
+
 
 def _as_tensor(value: Any) -> Optional[Tensor]:
     if value is None or isinstance(value, Tensor):
@@ -53,7 +55,7 @@ class LLMAttributionResult:
     def seq_attr(self, value: Any) -> None:
         t = _as_tensor(value)
         if t is None or t.dim() != 1 or t.shape[0] != len(self.input_tokens):
-            raise ValueError(
+            raise AttributionArgumentError(
                 f"seq_attr must be 1-D with one value per input token ({len(self.input_tokens)}), "
                 f"got shape {None if t is None else tuple(t.shape)}"
             )
@@ -68,7 +70,7 @@ class LLMAttributionResult:
         t = _as_tensor(value)
         expected = (len(self.output_tokens), len(self.input_tokens))
         if t is not None and tuple(t.shape) != expected:
-            raise ValueError(f"token_attr must have shape (output tokens, input tokens) = {expected}, got {tuple(t.shape)}")
+            raise AttributionArgumentError(f"token_attr must have shape (output tokens, input tokens) = {expected}, got {tuple(t.shape)}")
         self._token_attr = t
 
     @property
@@ -79,7 +81,7 @@ class LLMAttributionResult:
     def output_probs(self, value: Any) -> None:
         t = _as_tensor(value)
         if t is not None and (t.dim() != 1 or t.shape[0] != len(self.output_tokens)):
-            raise ValueError(f"output_probs must be 1-D with one value per output token, got {tuple(t.shape)}")
+            raise AttributionArgumentError(f"output_probs must be 1-D with one value per output token, got {tuple(t.shape)}")
         self._output_probs = t
 
     @property

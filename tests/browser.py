@@ -1,7 +1,7 @@
 """Real headless Chromium for browser tests (Debian's `chromium`, driven by Playwright's Python API).
 
 `make test` installs the browser where it can (root + apt); elsewhere these fixtures skip and say why.
-Use: ``from tests.browser import browser, page`` in a conftest or test module (pytest fixtures).
+Registered for the whole suite by tests/conftest.py: a test just names ``browser`` or ``page``.
 A ``page`` collects console errors and uncaught page errors in ``page.console_errors``; a test
 asserts it is empty after what the user would wait for.
 """

@@ -15,3 +15,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The browser fixtures, defined once for the whole suite (one Playwright and one Chromium per run).
+from tests.browser import browser, page  # noqa: E402,F401

@@ -1,5 +1,4 @@
 """The browser fixture itself: a page renders, test ids are found, console errors are collected."""
-from tests.browser import browser, page  # noqa: F401  (fixtures)
 
 
 def test_page_renders_and_collects_console_errors(page):

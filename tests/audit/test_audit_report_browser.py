@@ -6,7 +6,6 @@ import os
 import pytest
 
 from explain_serve.cli import main
-from tests.browser import browser, page  # noqa: F401  (fixtures)
 
 SHOTS = os.environ.get("EXPLAIN_SERVE_SCREENSHOTS")  # a folder to keep the screenshots in
 

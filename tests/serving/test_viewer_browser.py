@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from explain_serve.audit.agreement import agreement
-from tests.browser import browser, page  # noqa: F401  (fixtures)
 from tests.serving.viewer_server import XSS_FEATURE, XSS_LABEL, viewer  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.serving

@@ -362,7 +362,8 @@ class Lime(LimeBase):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
-        masks = format_masks(raw_masks, inputs)
+        # the default masks are already in format_masks' form
+        masks = raw_masks if feature_mask is None else format_masks(raw_masks, inputs)
         if n_feat > 10000:
             warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
                           "a feature_mask.", stacklevel=2)

@@ -74,6 +74,21 @@ def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
     return enumerated, n_sampled, probs, by_size
 
 
+@lru_cache(maxsize=64)
+def _fixed_rows(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
+    """``_plan`` with the full and the empty coalition stacked above the enumerated ones: the
+    seed-independent rows of every design (cached; ``kernel_design`` copies them)."""
+    enumerated, n_sampled, probs, by_size = _plan(m, n_samples)
+    ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
+    return torch.cat([ends, enumerated]), n_sampled, probs, by_size
+
+
+@lru_cache(maxsize=16)
+def _positions(m: int) -> Tensor:
+    """``arange(m)`` as a row (cached: compared with the drawn sizes of every design)."""
+    return torch.arange(m)[None, :]
+
+
 def kernel_weights(z: Tensor) -> Tensor:
     """Weights (S,) of the coalitions of a design ``z`` (S, M) made by ``kernel_design``."""
     by_size = _plan(z.shape[-1], z.shape[0])[3].to(z.device)
@@ -88,15 +103,14 @@ def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch
     exactly); then the enumerated sizes; then the sampled coalitions in complementary pairs (with
     an odd budget the last one is unpaired). ``S = max(n_samples, 2)``.
     """
-    enumerated, n_sampled, probs, by_size = _plan(m, int(n_samples))
-    ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
-    parts = [ends, enumerated]
+    fixed, n_sampled, probs, by_size = _fixed_rows(m, int(n_samples))
+    parts = [fixed]
     if n_sampled:
         n_draw = (n_sampled + 1) // 2
         sizes = torch.multinomial(probs, n_draw, replacement=True, generator=generator)
         order = torch.rand(n_draw, m, generator=generator).argsort(-1)
         z = torch.zeros(n_draw, m, dtype=torch.bool)
-        z.scatter_(1, order, torch.arange(m).expand(n_draw, m) < sizes[:, None])
+        z.scatter_(1, order, _positions(m) < sizes[:, None])
         parts.append(torch.stack([z, ~z], 1).reshape(2 * n_draw, m)[:n_sampled])
     z = torch.cat(parts)
     return z.to(device), by_size[z.sum(-1)].to(device)

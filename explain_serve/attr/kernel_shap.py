@@ -118,8 +118,8 @@ class KernelShap(Lime):
     def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         if not self._default_estimator():
             return super()._fit(x, y, w)
-        z = x[0].bool()
-        phi = constrained_fit(z, kernel_weights(z), y)
+        z = x[0]  # one design for every example, already float64 (0/1)
+        phi = constrained_fit(z, kernel_weights(z.bool()), y)
         model = self.interpretable_model
         model.coef_, model.intercept_ = phi, y[:, 1]
         return phi

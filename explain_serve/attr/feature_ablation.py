@@ -91,8 +91,12 @@ class FeatureAblation(PerturbationAttribution):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
+        # the default masks number every scalar consecutively: their ids need no unique()
+        feats = None
+        if feature_mask is None:
+            feats = torch.arange(sum(x[0:1].numel() for x in inputs), device=inputs[0].device)
         attrs = self._ablation_attributions(
-            inputs, baselines, masks, target, args, perturbations_per_eval, self._build
+            inputs, baselines, masks, target, args, perturbations_per_eval, self._build, feats
         )
         return format_output(was_tuple, attrs)
 

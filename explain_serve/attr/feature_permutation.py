@@ -126,7 +126,7 @@ class FeaturePermutation(FeatureAblation):
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
-        feats = self._feature_ids(masks)
+        feats = self._default_feature_ids(inputs) if feature_mask is None else self._feature_ids(masks)
         kept = self._permutable(feats, inputs, masks)
         attrs = self._ablation_attributions(
             inputs, baselines, masks, target, args, perturbations_per_eval, self._build, kept,

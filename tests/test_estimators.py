@@ -11,7 +11,9 @@ import math
 import pytest
 import torch
 
-from explain_serve._core.shapley_kernel import constrained_fit, kernel_design, kernel_weights, size_mass
+from explain_serve._core.shapley_kernel import (
+    _sum_zero_basis, constrained_fit, design_rank_bound, kernel_design, kernel_weights, size_mass,
+)
 from explain_serve.attr import KernelShap, Lime, ShapleyValues, ShapleyValueSampling
 from explain_serve.attr.shapley import antithetic_permutations
 
@@ -62,6 +64,20 @@ def test_kernel_design_structure(m, n):
     sampled = z[2 + n_enum:]
     pairs = sampled[: sampled.shape[0] // 2 * 2].reshape(-1, 2, m)
     assert (pairs[:, 0] == ~pairs[:, 1]).all()
+
+
+@pytest.mark.parametrize("m, n", [(20, 25), (20, 60), (10, 30), (7, 40), (6, 11), (4, 9), (3, 4)])
+def test_design_rank_bound_holds_and_leaves_the_fit_unchanged(m, n):
+    """The bound is at least the centred design's numerical rank, and passing it (which skips the
+    Cholesky attempt when below M - 1) gives bit-identical Shapley values."""
+    bound = design_rank_bound(m, n)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        z, w = kernel_design(m, n)
+        zf = z.to(torch.float64)
+        assert int(torch.linalg.matrix_rank(zf @ _sum_zero_basis(m), atol=1e-8)) <= bound
+        y = torch.randn(3, z.shape[0], dtype=torch.float64)
+        assert torch.equal(constrained_fit(zf, w, y, rank_bound=bound), constrained_fit(zf, w, y))
 
 
 def test_kernel_design_enumerates_the_heaviest_sizes():

@@ -74,6 +74,21 @@ def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
     return enumerated, n_sampled, probs, by_size
 
 
+@lru_cache(maxsize=64)
+def _fixed_rows(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
+    """``_plan`` with the full and the empty coalition stacked above the enumerated ones: the
+    seed-independent rows of every design (cached; ``kernel_design`` copies them)."""
+    enumerated, n_sampled, probs, by_size = _plan(m, n_samples)
+    ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
+    return torch.cat([ends, enumerated]), n_sampled, probs, by_size
+
+
+@lru_cache(maxsize=16)
+def _positions(m: int) -> Tensor:
+    """``arange(m)`` as a row (cached: compared with the drawn sizes of every design)."""
+    return torch.arange(m)[None, :]
+
+
 def kernel_weights(z: Tensor) -> Tensor:
     """Weights (S,) of the coalitions of a design ``z`` (S, M) made by ``kernel_design``."""
     by_size = _plan(z.shape[-1], z.shape[0])[3].to(z.device)
@@ -88,15 +103,14 @@ def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch
     exactly); then the enumerated sizes; then the sampled coalitions in complementary pairs (with
     an odd budget the last one is unpaired). ``S = max(n_samples, 2)``.
     """
-    enumerated, n_sampled, probs, by_size = _plan(m, int(n_samples))
-    ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
-    parts = [ends, enumerated]
+    fixed, n_sampled, probs, by_size = _fixed_rows(m, int(n_samples))
+    parts = [fixed]
     if n_sampled:
         n_draw = (n_sampled + 1) // 2
         sizes = torch.multinomial(probs, n_draw, replacement=True, generator=generator)
         order = torch.rand(n_draw, m, generator=generator).argsort(-1)
         z = torch.zeros(n_draw, m, dtype=torch.bool)
-        z.scatter_(1, order, torch.arange(m).expand(n_draw, m) < sizes[:, None])
+        z.scatter_(1, order, _positions(m) < sizes[:, None])
         parts.append(torch.stack([z, ~z], 1).reshape(2 * n_draw, m)[:n_sampled])
     z = torch.cat(parts)
     return z.to(device), by_size[z.sum(-1)].to(device)
@@ -111,7 +125,19 @@ def _sum_zero_basis(m: int) -> Tensor:
     return q / torch.sqrt(j * (j + 1))
 
 
-def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
+@lru_cache(maxsize=64)
+def design_rank_bound(m: int, n_samples: int) -> int:
+    """An upper bound on the rank of ``kernel_design(m, n_samples)``'s centred design.
+
+    The full and the empty coalition centre to zero, and a coalition and its complement to
+    opposite rows; enumerated sizes come with their complements and sampled coalitions in
+    complementary pairs, so only half the enumerated rows and one per drawn pair add a direction.
+    """
+    enumerated, n_sampled, _, _ = _plan(m, int(n_samples))
+    return enumerated.shape[0] // 2 + (n_sampled + 1) // 2
+
+
+def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] = None) -> Tensor:
     """Shapley-kernel weighted least squares with ``phi_0 = v(empty)`` and efficiency imposed.
 
     ``z`` (S, M) coalitions with the full one at row 0 and the empty one at row 1, ``w`` (S,)
@@ -122,7 +148,7 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
     (then the design is just ``z Q``) and the normal equations are solved by Cholesky; a
     rank-deficient or ill-conditioned design (a budget below ``M``), or more features, goes
     through the pseudo-inverse (minimum-norm). Either way one factorisation
-    serves all examples.
+    serves all examples. ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
     """
     z = z.to(torch.float64)
     y = y.to(torch.float64)
@@ -133,7 +159,8 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor) -> Tensor:
     if m < 2:
         return delta.expand(y.shape[0], m).clone()
     resid = y - v0 - delta * (k / m)  # (G, S)
-    if m <= 256 and z.shape[0] - 2 >= m - 1:  # fewer coalitions than unknowns: surely rank-deficient
+    # fewer coalitions (or directions) than unknowns: surely rank-deficient
+    if m <= 256 and z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1):
         q = _sum_zero_basis(m).to(z.device)
         a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
         aw = a * w[:, None]

@@ -58,6 +58,11 @@ class FeatureAblation(PerturbationAttribution):
     def _feature_ids(self, masks: Tuple[Tensor, ...]) -> Tensor:
         return torch.unique(torch.cat([m.reshape(-1) for m in masks]))
 
+    @staticmethod
+    def _default_feature_ids(inputs: Tuple[Tensor, ...]) -> Tensor:
+        """The ids of the default masks, which number every scalar consecutively (no unique())."""
+        return torch.arange(sum(x[0:1].numel() for x in inputs), device=inputs[0].device)
+
     def _build(self, sl: slice, feats: Tensor, inputs, baselines, masks) -> Tuple[Tensor, ...]:
         ids = feats[sl]
         out = []
@@ -91,8 +96,9 @@ class FeatureAblation(PerturbationAttribution):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
+        feats = self._default_feature_ids(inputs) if feature_mask is None else None
         attrs = self._ablation_attributions(
-            inputs, baselines, masks, target, args, perturbations_per_eval, self._build
+            inputs, baselines, masks, target, args, perturbations_per_eval, self._build, feats
         )
         return format_output(was_tuple, attrs)
 

@@ -26,10 +26,13 @@ def _permute_feature(x: Tensor, feature_mask: Tensor) -> Tensor:
     return torch.where(feature_mask, x[_random_permutation(x.shape[0], x.device)], x)
 
 
-def _random_permutation(n: int, device=None) -> Tensor:
+def _random_permutation(n: int, device=None, identity: Optional[Tensor] = None) -> Tensor:
+    """A uniform permutation of ``range(n)`` other than the identity (``identity``: a cached
+    ``arange(n)``, spared per call)."""
     if n < 2:
         raise AttributionArgumentError("cannot permute features with batch_size = 1")
-    identity = torch.arange(n)
+    if identity is None:
+        identity = torch.arange(n)
     perm = torch.randperm(n)
     while torch.equal(perm, identity):
         perm = torch.randperm(n)
@@ -83,14 +86,15 @@ class FeaturePermutation(FeatureAblation):
         n = len(ids)
         holders = [set(torch.unique(m).tolist()) for m in masks]
         default = self.perm_func is _permute_feature
-        perms = [torch.arange(x.shape[0]).repeat(n, 1) for x in inputs] if default else None
+        identities = [torch.arange(x.shape[0]) for x in inputs]
+        perms = [[ident] * n for ident in identities] if default else None  # rows stacked below
         custom = [[x for _ in range(n)] for x in inputs] if not default else None
         for j, f in enumerate(ids):
             for i, m in enumerate(masks):
                 if f not in holders[i]:
                     continue
                 if default:
-                    perms[i][j] = _random_permutation(inputs[i].shape[0])
+                    perms[i][j] = _random_permutation(inputs[i].shape[0], identity=identities[i])
                 else:
                     custom[i][j] = self.perm_func(inputs[i], m == f)
         out = []
@@ -99,7 +103,8 @@ class FeaturePermutation(FeatureAblation):
                 out.append(torch.cat(custom[i], 0))
                 continue
             sel = m.unsqueeze(0) == torch.tensor(ids, device=m.device).view((-1,) + (1,) * m.dim())
-            shuffled = x[perms[i].to(x.device).reshape(-1)].reshape((n,) + tuple(x.shape))
+            rows = torch.cat(perms[i]) if n else identities[i][:0]
+            shuffled = x[rows.to(x.device)].reshape((n,) + tuple(x.shape))
             out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
         return tuple(out)
 
@@ -121,7 +126,7 @@ class FeaturePermutation(FeatureAblation):
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
-        feats = self._feature_ids(masks)
+        feats = self._default_feature_ids(inputs) if feature_mask is None else self._feature_ids(masks)
         kept = self._permutable(feats, inputs, masks)
         attrs = self._ablation_attributions(
             inputs, baselines, masks, target, args, perturbations_per_eval, self._build, kept,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._core.progress import shows_progress
-from .._core.shapley_kernel import constrained_fit, kernel_design, kernel_weights
+from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_design, kernel_weights
 from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
@@ -118,8 +118,9 @@ class KernelShap(Lime):
     def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
         if not self._default_estimator():
             return super()._fit(x, y, w)
-        z = x[0].bool()
-        phi = constrained_fit(z, kernel_weights(z), y)
+        z = x[0]  # one design for every example, already float64 (0/1)
+        bound = design_rank_bound(z.shape[1], z.shape[0])
+        phi = constrained_fit(z, kernel_weights(z.bool()), y, rank_bound=bound)
         model = self.interpretable_model
         model.coef_, model.intercept_ = phi, y[:, 1]
         return phi

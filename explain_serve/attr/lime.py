@@ -88,7 +88,8 @@ class InterpretableLinearModel:
             gram.diagonal(dim1=-2, dim2=-1)[..., :n_feat] += self.alpha
         chol, info = torch.linalg.cholesky_ex(gram)
         diag = chol.diagonal(dim1=-2, dim2=-1)
-        if bool((info != 0).any()) or not bool((diag.min(-1).values > 1e-6 * diag.max(-1).values).all()):
+        ok = (info == 0) & (diag.min(-1).values > 1e-6 * diag.max(-1).values)  # one sync, not two
+        if not bool(ok.all()):
             return None
         return torch.cholesky_solve(a.transpose(-1, -2) @ b, chol).squeeze(-1)
 
@@ -362,7 +363,8 @@ class Lime(LimeBase):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
-        masks = format_masks(raw_masks, inputs)
+        # the default masks are already in format_masks' form
+        masks = raw_masks if feature_mask is None else format_masks(raw_masks, inputs)
         if n_feat > 10000:
             warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
                           "a feature_mask.", stacklevel=2)

@@ -34,7 +34,7 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         bsz = inputs[0].shape[0]
         if draw_baseline_from_distrib:
             baselines = tuple(
-                b[shared_choice(b.shape[0], n, bsz).tolist()] if isinstance(b, torch.Tensor) else b
+                b[torch.as_tensor(shared_choice(b.shape[0], n, bsz), device=b.device)] if isinstance(b, torch.Tensor) else b
                 for b in baselines
             )
         else:

@@ -130,7 +130,13 @@ class ShapleyValueSampling(PerturbationAttribution):
 
         inner = n_feat - 1  # the last coalition of every walk is the input itself: evaluated once
 
+        steps = torch.arange(inner, device=device)[None, :, None]
+
         def presence(sl: slice) -> Tensor:
+            first, last = sl.start // inner, (sl.stop - 1) // inner + 1
+            if sl.stop - sl.start >= inner:  # whole orderings: one broadcast compare, no gathers
+                block = (pos[first:last, None, :] <= steps).reshape(-1, n_feat)
+                return block[sl.start - first * inner:sl.stop - first * inner]
             u = torch.arange(sl.start, sl.stop, device=device)
             s, k = u // inner, u % inner
             return pos[s] <= k[:, None]  # features among the first k+1 of ordering s

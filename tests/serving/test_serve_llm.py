@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -26,27 +27,29 @@ RTOL, ATOL = 1e-4, 2e-5
 PROMPT = "the capital of france is"
 
 
-def _unpack(store: Path, name: str, out: Path) -> Path:
+def _unpack(store: Path, name: str, out: Path) -> Tuple[Path, str]:
+    """The archive ``name`` unpacked under ``out``: its folder and serialized file name."""
     with zipfile.ZipFile(store / f"{name}.mar") as z:
         z.extractall(out / name)
         manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
     return out / name, manifest["model"]["serializedFile"]
 
 
-@pytest.fixture(scope="module")
-def text_service(store, tmp_path_factory):
-    d, ser = _unpack(store, "hf_text", tmp_path_factory.mktemp("unpacked"))
-    svc = ExplainService(d, ser, "hf_text")
+def _service(store: Path, name: str, cls, tmp_path_factory):
+    """The archive ``name`` loaded in-process, as its worker loads it; hooks removed after the module."""
+    svc = cls(*_unpack(store, name, tmp_path_factory.mktemp("unpacked")), name)
     yield svc
     svc.close()
+
+
+@pytest.fixture(scope="module")
+def text_service(store, tmp_path_factory):
+    yield from _service(store, "hf_text", ExplainService, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def lm_service(store, tmp_path_factory):
-    d, ser = _unpack(store, "tiny_lm", tmp_path_factory.mktemp("unpacked"))
-    svc = CausalLMService(d, ser, "tiny_lm")
-    yield svc
-    svc.close()
+    yield from _service(store, "tiny_lm", CausalLMService, tmp_path_factory)
 
 
 def _hooks(model: torch.nn.Module) -> list:

@@ -2,14 +2,15 @@
 
 Tabular MLPs (10 and 30 features, one output), 8 rows, a zero baseline. For each estimator and
 budget: the median wall time of one call over the 8 rows and the error
-``max |estimate - reference| / max |reference|`` averaged over ``--seeds`` seeded runs. The
+``max |estimate - reference| / max |reference|`` averaged over ``--seeds`` seeded runs (with its
+standard error: the seed-to-seed spread of the mean). The
 reference is the exact Shapley value on the 10-feature model (all 2^10 coalitions) and a long-run
 estimate on the 30-feature one (antithetic permutation sampling, ``--ref-perms`` orderings). The
 gradient-based rows (expected gradients, DeepLift with a background) estimate other quantities:
 times only. Calls of the libraries are interleaved so that they see the same machine state.
 
     pip install -e ".[bench]"   # shap, benchmark-only
-    python benchmarks/compare_shap.py [--seeds 3] [--repeats 3] [--threads 1] [--only 10|30]
+    python benchmarks/compare_shap.py [--seeds 20] [--repeats 3] [--threads 1] [--only 10|30]
 """
 from __future__ import annotations
 
@@ -99,6 +100,14 @@ def to_tensor(a) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.float64).reshape(8, -1)
 
 
+def _mean_se(errors: List[float]) -> str:
+    if not errors:
+        return "-"
+    if len(errors) < 2:
+        return f"{errors[0]:.2g}"
+    return f"{statistics.mean(errors):.2g} ± {statistics.stdev(errors) / len(errors) ** 0.5:.1g}"
+
+
 def run(m: int, seeds: int, repeats: int, ref_perms: int) -> List[Tuple[str, str, float, str]]:
     model, x, b = tabular_model(m)
     ref = reference(model, x, b, ref_perms).double()
@@ -117,14 +126,13 @@ def run(m: int, seeds: int, repeats: int, ref_perms: int) -> List[Tuple[str, str
             times[k].append((time.perf_counter() - start) * 1e3)
             if scored and r < seeds:
                 errors[k].append((to_tensor(est) - ref).abs().max().item() / scale)
-    return [(k.split("|")[0], budget, statistics.median(times[k]),
-             f"{statistics.mean(errors[k]):.2g}" if errors[k] else "-")
+    return [(k.split("|")[0], budget, statistics.median(times[k]), _mean_se(errors[k]))
             for k, (budget, _, _) in table.items()]
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3, help="seeded runs averaged for the error")
+    p.add_argument("--seeds", type=int, default=20, help="seeded runs averaged for the error")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per estimator (median)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ref-perms", type=int, default=20000, help="orderings of the 30-feature reference")
@@ -133,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, captum {__import__('captum').__version__}, shap {shap.__version__}, "
           f"threads {torch.get_num_threads()}; time: median ms per call (8 rows); "
-          f"error: mean over {a.seeds} seeds of max|est - ref| / max|ref|")
+          f"error: mean ± standard error over {a.seeds} seeds of max|est - ref| / max|ref|")
     for m in ([a.only] if a.only else [10, 30]):
         ref = "exact Shapley" if m <= 12 else f"{a.ref_perms} antithetic orderings"
         print(f"\n{m} features (reference: {ref})\n")

@@ -51,8 +51,12 @@ def test_kernel_design_structure(m, n):
     assert z.shape == (min(max(n, 2), 2 ** m), m)
     assert z[0].all() and not z[1].any() and w[0] == 0 and w[1] == 0
     if m > 1:
-        # the weights spread the kernel's whole mass over the proper coalitions, by size only
-        torch.testing.assert_close(w.sum(), size_mass(m).sum(), rtol=1e-12, atol=0)
+        # the weights spread each size's kernel mass evenly over the design's coalitions of that size
+        present = sizes[2:].unique()
+        for k in present.tolist():
+            torch.testing.assert_close(w[sizes == k], torch.full_like(w[sizes == k], size_mass(m)[k] / int((sizes == k).sum())),
+                                       rtol=1e-12, atol=0)
+        torch.testing.assert_close(w.sum(), size_mass(m)[present].sum(), rtol=1e-12, atol=0)
         torch.testing.assert_close(kernel_weights(z), w, rtol=0, atol=0)
     # enumerated sizes: all their coalitions, exactly once, with weight W(k) / C(m, k)
     enumerated = [k for k in range(1, m) if (w[sizes == k] == size_mass(m)[k] / math.comb(m, k)).all()
@@ -64,6 +68,23 @@ def test_kernel_design_structure(m, n):
     sampled = z[2 + n_enum:]
     pairs = sampled[: sampled.shape[0] // 2 * 2].reshape(-1, 2, m)
     assert (pairs[:, 0] == ~pairs[:, 1]).all()
+    # without replacement: no coalition twice
+    assert len({tuple(r.tolist()) for r in z}) == z.shape[0]
+    # stratified, uniform over sizes: each sampled size pair (s, m - s) gets the floor or the ceiling
+    # of twice the middle size's share of pairs, unless it has fewer distinct pairs (then all of them)
+    drawn = sampled[0::2].sum(1)
+    small = torch.minimum(drawn, m - drawn)
+    strata = range(min(enumerated, default=0) + 1 if enumerated else 1, m // 2 + 1)
+    strata = [s for s in strata if s not in enumerated]
+    if strata and sampled.shape[0]:
+        counts = torch.tensor([int((small == s).sum()) for s in strata])
+        capacity = torch.tensor([math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata])
+        two = torch.tensor([1.0 if 2 * s == m else 2.0 for s in strata])
+        shared = counts < capacity
+        if shared.any():
+            unit = counts[shared].sum() / two[shared].sum()  # pairs per size
+            assert ((counts[shared] - two[shared] * unit).abs() < 1).all()
+            assert (counts[~shared] <= two[~shared] * unit + 1).all()
 
 
 @pytest.mark.parametrize("m, n", [(20, 25), (20, 60), (10, 30), (7, 40), (6, 11), (4, 9), (3, 4)])
@@ -83,13 +104,19 @@ def test_design_rank_bound_holds_and_leaves_the_fit_unchanged(m, n):
 def test_kernel_design_enumerates_the_heaviest_sizes():
     """m = 10: the kernel's mass by size is W(k) = 9 / (k (10 - k)), 5.09 in all. Budget 254: sizes
     1 and 9 (20 coalitions, mass 2) are expected 254 * 2 / 5.09 = 100 >= 20 draws: enumerated;
-    sizes 2 and 8 (90, mass 1.125) then 234 * 1.125 / 3.09 = 85 < 90: sampled with sizes 3..7."""
+    sizes 2 and 8 (90, mass 1.125) then 234 * 1.125 / 3.09 = 85 < 90: sampled, 117 pairs
+    stratified uniformly over the sizes 2..8: 117 / 7 = 16.7 per size, so 33 or 34 pairs for each of
+    (2, 8), (3, 7), (4, 6) and 16 or 17 for (5, 5)."""
+    torch.manual_seed(0)
     z, w = kernel_design(10, 256)
     sizes = z.sum(1)
     assert sorted(sizes[2:22].tolist()) == [1] * 10 + [9] * 10
     assert ((sizes[22:] >= 2) & (sizes[22:] <= 8)).all()
-    total = sum(9 / (k * (10 - k)) for k in range(1, 10))
-    torch.testing.assert_close(w[22:], torch.full((234,), (total - 2) / 234, dtype=D), rtol=1e-12, atol=0)
+    small = torch.minimum(sizes[22::2], 10 - sizes[22::2])
+    counts = [int((small == s).sum()) for s in (2, 3, 4, 5)]
+    assert sum(counts) == 117 and set(counts[:3]) <= {33, 34} and counts[3] in (16, 17)
+    for k in range(2, 9):  # size k's mass 9 / (k (10 - k)) over its drawn coalitions
+        torch.testing.assert_close(w[sizes == k].sum(), torch.tensor(9 / (k * (10 - k)), dtype=D), rtol=1e-12, atol=0)
     # a complete budget enumerates every coalition
     z, _ = kernel_design(10, 1024)
     assert len({tuple(r.tolist()) for r in z}) == 1024
@@ -225,6 +252,68 @@ def test_antithetic_sampling_converges_with_efficiency():
     with torch.no_grad():
         torch.testing.assert_close(est.sum(1), model(x)[:, 0] - model(b)[:, 0], rtol=0, atol=1e-12)
     assert _rel_err(est, exact) < 0.02
+
+
+def _independent_pairs(n, n_feat):
+    """The plain antithetic scheme: independent uniform orderings, each followed by its reverse."""
+    half = torch.rand((n + 1) // 2, n_feat).argsort(-1)
+    return torch.stack([half, half.flip(-1)], 1).reshape(-1, n_feat)[:n]
+
+
+def _iid_kernel_design(m, n):
+    """The textbook paired Kernel SHAP sampler with the same enumerated sizes (those of the design
+    here: every coalition present): sizes from the kernel over the sizes left, subsets with
+    replacement, complementary pairs, each sampled coalition an equal share of the mass left."""
+    z_all, _ = kernel_design(m, n)
+    k_all = z_all[2:].sum(1)
+    enum_sizes = [k for k in range(1, m) if int((k_all == k).sum()) == math.comb(m, k)]
+    enumerated = z_all[2:][torch.isin(k_all, torch.tensor(enum_sizes, dtype=torch.long))]
+    left = [k for k in range(1, m) if k not in enum_sizes]
+    mass = size_mass(m)
+    n_draw = n - 2 - enumerated.shape[0]
+    sizes = torch.tensor(left)[torch.multinomial(mass[left], (n_draw + 1) // 2, replacement=True)]
+    z = torch.rand(sizes.shape[0], m).argsort(-1).argsort(-1) < sizes[:, None]
+    sampled = torch.stack([z, ~z], 1).reshape(-1, m)[:n_draw]
+    k_enum = enumerated.sum(1)
+    w = torch.cat([torch.zeros(2, dtype=D), mass[k_enum] / torch.tensor([math.comb(m, int(k)) for k in k_enum], dtype=D),
+                   torch.full((n_draw,), float(mass[left].sum()) / n_draw, dtype=D)])
+    return torch.cat([z_all[:2], enumerated, sampled]), w
+
+
+@pytest.mark.filterwarnings("ignore:Exact Shapley")
+def test_sampling_designs_beat_the_plain_schemes_at_the_same_budget():
+    """The point of the designs, on seeds fixed in advance: orthogonal antithetic orderings give a
+    lower mean error than independent antithetic pairs, and Kernel SHAP's stratified sizes drawn
+    without replacement a lower one than sizes drawn from the kernel with replacement."""
+    m = 10
+    model, (x, b) = _mlp(m, seed=2), _data(m, n=6)
+    exact = ShapleyValues(model).attribute(x, baselines=b, target=0)
+    f = lambda t: model(t)[:, 0]  # noqa: E731
+    orth, plain, strat, iid = [], [], [], []
+    for seed in range(24):
+        torch.manual_seed(seed)
+        orth.append(_rel_err(ShapleyValueSampling(model).attribute(x, baselines=b, target=0, n_samples=18), exact))
+        torch.manual_seed(seed)
+        perms = _independent_pairs(18, m)
+        slow = torch.zeros_like(x)
+        with torch.no_grad():
+            for perm in perms:
+                z = torch.zeros(x.shape[0], m, dtype=torch.bool)
+                prev = f(torch.where(z, x, b))
+                for i in perm.tolist():
+                    z[:, i] = True
+                    cur = f(torch.where(z, x, b))
+                    slow[:, i] += cur - prev
+                    prev = cur
+        plain.append(_rel_err(slow / 18, exact))
+        for design, errs in ((kernel_design, strat), (_iid_kernel_design, iid)):
+            torch.manual_seed(seed)
+            z, w = design(m, 200)
+            with torch.no_grad():
+                y = f(torch.where(z[None], x[:, None], b[:, None]).reshape(-1, m)).reshape(x.shape[0], -1)
+            errs.append(_rel_err(constrained_fit(z, w, y), exact))
+    assert sum(orth) < 0.9 * sum(plain)
+    assert sum(strat) < 0.9 * sum(iid)
 
 
 # --------------------------------------------------------------------------------------------

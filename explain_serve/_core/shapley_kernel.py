@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 
+@lru_cache(maxsize=64)
 def size_mass(m: int) -> Tensor:
-    """Total Shapley-kernel weight of each coalition size ``0..m`` (0 at sizes 0 and m)."""
+    """Total Shapley-kernel weight of each coalition size ``0..m`` (0 at sizes 0 and m; cached,
+    read-only)."""
     k = torch.arange(m + 1, dtype=torch.float64)
     w = (m - 1) / (k * (m - k))
     w[0] = 0.0
@@ -39,19 +41,20 @@ def size_mass(m: int) -> Tensor:
 
 @lru_cache(maxsize=64)
 def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
-    """Enumerated coalitions, the number to sample, the sampling distribution over sizes and the
-    weight of one coalition of each size (cached: it only depends on ``m, n``)."""
+    """Enumerated coalitions, the number to sample, and the sampled strata: the smaller size ``s``
+    of each size pair ``(s, m - s)`` left and how many distinct complementary pairs it holds
+    (cached: it only depends on ``m, n``)."""
     mass = size_mass(m)
     budget = max(n_samples - 2, 0)
     remaining = float(mass.sum())
+    left = 2 ** m - 2  # proper coalitions not enumerated yet
     rows = []
-    by_size = torch.zeros(m + 1, dtype=torch.float64)
     k = 1
     while 2 * k <= m and budget > 0:
         sizes = (k,) if 2 * k == m else (k, m - k)
         count = sum(math.comb(m, s) for s in sizes)
         share = float(sum(mass[s] for s in sizes))
-        if count > budget or budget * share / remaining < count - 1e-9:
+        if count > budget or (budget * share / remaining < count - 1e-9 and budget < left):
             break
         subsets = torch.combinations(torch.arange(m), k) if k > 1 else torch.arange(m).reshape(m, 1)
         z = torch.zeros(subsets.shape[0], m, dtype=torch.bool)
@@ -59,28 +62,58 @@ def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
         rows.append(z)
         if len(sizes) == 2:
             rows.append(~z)
-        for s in sizes:
-            by_size[s] = float(mass[s]) / math.comb(m, s)
         budget -= count
         remaining -= share
+        left -= count
         k += 1
     enumerated = torch.cat(rows) if rows else torch.zeros(0, m, dtype=torch.bool)
-    probs = mass.clone()
-    probs[:k] = 0.0
-    probs[m - k + 1:] = 0.0
-    n_sampled = budget if probs.sum() > 0 else 0
-    if n_sampled:
-        by_size[k:m - k + 1] = remaining / n_sampled
-    return enumerated, n_sampled, probs, by_size
+    strata = torch.arange(k, m // 2 + 1)
+    capacity = torch.tensor([math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata.tolist()],
+                            dtype=torch.float64)
+    n_sampled = min(budget, 2 * int(capacity.sum())) if len(strata) else 0
+    return enumerated, n_sampled, strata, capacity
+
+
+class _Strata(NamedTuple):
+    """The sampled part of a design, as plain lists (a few entries: cheaper than tensors per
+    call): strata (the smaller size ``s`` of each size pair ``(s, m - s)``), pairs of the strata
+    drawn whole, the others' expected pairs as cumulative sums, and every stratum's number of
+    distinct pairs."""
+    sizes: List[int]
+    whole: List[int]
+    ends: List[float]
+    capacity: List[int]
 
 
 @lru_cache(maxsize=64)
-def _fixed_rows(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
-    """``_plan`` with the full and the empty coalition stacked above the enumerated ones: the
-    seed-independent rows of every design (cached; ``kernel_design`` copies them)."""
-    enumerated, n_sampled, probs, by_size = _plan(m, n_samples)
+def _fixed_rows(m: int, n_samples: int) -> Tuple[Tensor, int, _Strata]:
+    """The seed-independent parts of every design (cached; ``kernel_design`` copies them): the
+    full and the empty coalition above the enumerated ones, the number to sample, the strata."""
+    enumerated, n_sampled, strata, capacity = _plan(m, n_samples)
     ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
-    return torch.cat([ends, enumerated]), n_sampled, probs, by_size
+    whole, share = _even_allocation((n_sampled + 1) // 2, strata, m, capacity)
+    sampled = _Strata(strata.tolist(), whole.tolist(), [0.0] + share.cumsum(0).tolist(),
+                      [math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata.tolist()])
+    return torch.cat([ends, enumerated]), n_sampled, sampled
+
+
+def _even_allocation(n_pairs: int, strata: Tensor, m: int, capacity: Tensor) -> Tuple[Tensor, Tensor]:
+    """Expected pairs per stratum, uniform over coalition sizes: a stratum ``(s, m - s)`` holds two
+    sizes and gets twice the share of the middle one (``s = m / 2``). A stratum with fewer
+    distinct pairs than its share is drawn whole and its excess goes to the others.
+    Returns the whole strata's counts (0 for the others) and the others' shares (0 for the whole)."""
+    sizes = torch.where(2 * strata == m, 1.0, 2.0).to(torch.float64)
+    whole = torch.zeros(capacity.shape[0], dtype=torch.long)
+    free = torch.ones(capacity.shape[0], dtype=torch.bool)
+    while n_pairs > 0 and bool(free.any()):
+        share = torch.where(free, n_pairs * sizes / float(sizes[free].sum()), 0.0)
+        full = free & (capacity <= share)
+        if not bool(full.any()):
+            return whole, share
+        whole[full] = capacity[full].long()
+        n_pairs -= int(whole[full].sum())
+        free &= ~full
+    return whole, torch.zeros_like(sizes)
 
 
 @lru_cache(maxsize=16)
@@ -89,10 +122,80 @@ def _positions(m: int) -> Tensor:
     return torch.arange(m)[None, :]
 
 
+@lru_cache(maxsize=16)
+def _bit_values(m: int) -> Tensor:
+    """``2^i`` per feature (cached): a coalition of up to 62 features as one integer key."""
+    return 2 ** torch.arange(m, dtype=torch.long)
+
+
 def kernel_weights(z: Tensor) -> Tensor:
-    """Weights (S,) of the coalitions of a design ``z`` (S, M) made by ``kernel_design``."""
-    by_size = _plan(z.shape[-1], z.shape[0])[3].to(z.device)
-    return by_size[z.sum(-1)]
+    """Weights (S,) of the coalitions of a design ``z`` (S, M): each size's kernel mass spread
+    evenly over the design's coalitions of that size (0 for the full and the empty one)."""
+    m = z.shape[-1]
+    k = z.sum(-1)
+    counts = torch.bincount(k, minlength=m + 1).clamp_(min=1)
+    return (size_mass(m).to(z.device) / counts)[k]
+
+
+def _stratum_counts(strata: _Strata, generator: Optional[torch.Generator]) -> List[int]:
+    """Pairs per stratum: the whole ones', and the others' expected shares rounded systematically
+    with one uniform offset (each gets the floor or the ceiling of its share, the total exact)."""
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    ends = [math.floor(e + u) for e in strata.ends]
+    return [min(w + hi - lo, c) for w, lo, hi, c in zip(strata.whole, ends, ends[1:], strata.capacity)]
+
+
+@lru_cache(maxsize=32)
+def _stratum_pairs(m: int, s: int) -> Tensor:
+    """One coalition of each complementary pair of sizes ``(s, m - s)``: every subset of size
+    ``s``, or for ``s = m / 2`` those without feature 0 (cached; only for small strata)."""
+    middle = 2 * s == m
+    subsets = torch.combinations(torch.arange(int(middle), m), s) if s > 1 else torch.arange(
+        int(middle), m).reshape(-1, 1)
+    return torch.zeros(subsets.shape[0], m, dtype=torch.bool).scatter_(1, subsets, True)
+
+
+def _distinct_pairs(strata: _Strata, counts: List[int], m: int, generator: Optional[torch.Generator]) -> Tensor:
+    """``counts[i]`` distinct uniform coalitions of size ``strata.sizes[i]``, no pair ``{z, ~z}``
+    twice: sampling without replacement within each size. A stratum asked for more than an eighth
+    of its pairs is a random choice among all of them; the others are drawn at once and the rare
+    repeats redrawn."""
+    parts, sparse = [], []
+    for s, c, c_all in zip(strata.sizes, counts, strata.capacity):
+        if c * 8 > c_all:
+            parts.append(_stratum_pairs(m, s)[torch.randperm(c_all, generator=generator)[:c]])
+        elif c:
+            sparse.append((s, c))
+    if sparse:
+        sizes = [s for s, c in sparse for _ in range(c)]
+        size = torch.tensor(sizes)[:, None]
+        order = torch.rand(len(sizes), m, generator=generator).argsort(-1)
+        z = torch.zeros(len(sizes), m, dtype=torch.bool).scatter_(1, order, _positions(m) < size)
+        parts.append(_redraw_repeats(z, sizes, size, generator) if len(sizes) > len(sparse) else z)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _redraw_repeats(z: Tensor, sizes: List[int], size: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    """Redraw (in place) the coalitions of ``z`` whose pair ``{z, ~z}`` came earlier too."""
+    n, m = z.shape
+    middle = [2 * s == m for s in sizes]  # z and ~z have the same size: one pair, one key
+    while True:
+        if m <= 62:  # the pair's key: the member without feature 0, as an integer
+            keys = (z.long() @ _bit_values(m)).tolist()
+            seen: set = set()
+            redraw = [i for i, k in enumerate(keys)
+                      if (2 ** m - 1 - k if middle[i] and k & 1 else k) in seen
+                      or seen.add(2 ** m - 1 - k if middle[i] and k & 1 else k)]
+        else:
+            canon = z ^ (torch.tensor(middle)[:, None] & z[:, :1])
+            _, inverse = torch.unique(canon, dim=0, return_inverse=True)
+            first = torch.full((n,), n, dtype=torch.long).scatter_reduce_(0, inverse, torch.arange(n), "amin")
+            redraw = (first[inverse] != torch.arange(n)).nonzero().reshape(-1).tolist()
+        if not redraw:
+            return z
+        order = torch.rand(len(redraw), m, generator=generator).argsort(-1)
+        z[redraw] = torch.zeros(len(redraw), m, dtype=torch.bool).scatter_(
+            1, order, _positions(m) < size[redraw])
 
 
 def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None
@@ -101,19 +204,16 @@ def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch
 
     Row 0 is the full coalition and row 1 the empty one (weight 0: the fit enforces them
     exactly); then the enumerated sizes; then the sampled coalitions in complementary pairs (with
-    an odd budget the last one is unpaired). ``S = max(n_samples, 2)``.
+    an odd budget the last one is unpaired), stratified by size. ``S = max(n_samples, 2)`` up to
+    the ``2^m`` coalitions there are.
     """
-    fixed, n_sampled, probs, by_size = _fixed_rows(m, int(n_samples))
-    parts = [fixed]
+    fixed, n_sampled, strata = _fixed_rows(m, int(n_samples))
+    z = fixed
     if n_sampled:
-        n_draw = (n_sampled + 1) // 2
-        sizes = torch.multinomial(probs, n_draw, replacement=True, generator=generator)
-        order = torch.rand(n_draw, m, generator=generator).argsort(-1)
-        z = torch.zeros(n_draw, m, dtype=torch.bool)
-        z.scatter_(1, order, _positions(m) < sizes[:, None])
-        parts.append(torch.stack([z, ~z], 1).reshape(2 * n_draw, m)[:n_sampled])
-    z = torch.cat(parts)
-    return z.to(device), by_size[z.sum(-1)].to(device)
+        drawn = _distinct_pairs(strata, _stratum_counts(strata, generator), m, generator)
+        z = torch.cat([fixed, torch.stack([drawn, ~drawn], 1).reshape(-1, m)[:n_sampled]])
+    z = z.to(device)
+    return z, kernel_weights(z)
 
 
 @lru_cache(maxsize=16)

@@ -6,7 +6,8 @@ mapping of per-feature values back to input positions.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -123,6 +124,73 @@ def evaluate_chunks(
             )
         yield sl, out.reshape((n,) + tuple(unit_shape))
         i += 1
+
+
+def fits_one_forward(per_eval: Optional[int], n_units: int, inputs: Sequence[Tensor]) -> bool:
+    """Whether the automatic chunking takes ``n_units`` copies of ``inputs`` in one forward.
+
+    Then the unperturbed references (the input, the baseline) can join that forward as extra
+    units instead of costing forwards of their own. Never with an explicit
+    ``perturbations_per_eval`` (the user's bound on rows per forward) or inputs of different
+    batch sizes (see ``evaluate_chunks``).
+    """
+    if per_eval is not None or n_units < 1:
+        return False
+    if len({x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim()}) > 1:
+        return False
+    return n_units <= budget_units(inputs)
+
+
+def forward_units(
+    forward_func: Callable, batch: Tuple[Tensor, ...], n_units: int, rows: int, target: TargetType,
+    args: Optional[Tuple[Any, ...]],
+) -> Optional[Tensor]:
+    """One forward of ``n_units`` stacked copies of a ``rows``-example batch.
+
+    Returns the outputs as ``(n_units, rows, ...)``, or None when the output has no block of
+    ``rows`` per copy: the forward aggregates over the batch, and the caller falls back to
+    evaluating its reference alone first (as in Captum; this forward is then spent). An output
+    with exactly ``n_units * rows`` leading entries is read as one block per copy.
+    """
+    expect_forwards(1)
+    out = forward_tensor(forward_func, batch, expand_target(target, n_units), expand_args(args, n_units))
+    if out.dim() == 0 or out.shape[0] != n_units * rows:
+        return None
+    return out.reshape((n_units, rows) + tuple(out.shape[1:]))
+
+
+@lru_cache(maxsize=32)
+def _one_scalar_each(n: int, device: torch.device) -> Tensor:
+    sel = torch.zeros(n + 1, 1, n, dtype=torch.bool, device=device)
+    sel[1:, 0].fill_diagonal_(True)
+    return sel
+
+
+def one_scalar_each(n: int, device: torch.device) -> Tensor:
+    """``(n + 1, 1, n)`` bool: copy 0 selects nothing, copy ``1 + i`` scalar ``i`` (the default
+    feature mask of one input, with the unperturbed copy first). Cached up to 1024 scalars."""
+    if n <= 1024:
+        return _one_scalar_each(n, device)
+    return _one_scalar_each.__wrapped__(n, device)
+
+
+def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:
+    """``n + 1`` stacked copies of ``x`` (n scalars per example): copy 0 as it is, copy ``1 + i``
+    with scalar ``i`` taken from ``replacement`` (a number, a tensor shaped like ``x``, or one
+    such tensor per copy, ``(n + 1, *x.shape)``)."""
+    b, inner = x.shape[0], tuple(x.shape[1:])
+    n = x[0].numel()
+    if isinstance(replacement, Tensor):
+        replacement = replacement.reshape(-1, b, n)
+    out = torch.where(one_scalar_each(n, x.device), replacement, x.reshape(1, b, n))
+    return out.reshape(((n + 1) * b,) + inner)
+
+
+def per_scalar_attributions(outs: Tensor, input_shape: Sequence[int]) -> Tensor:
+    """``f(x) - f(copy 1 + i)`` spread onto scalar ``i``, from the ``(n + 1, *out_shape)``
+    outputs of a ``per_scalar_batch``: shape ``(outputs, *input_shape[1:])``."""
+    diffs = (outs[0:1] - outs[1:]).reshape(outs.shape[0] - 1, -1)  # (n, O)
+    return diffs.transpose(0, 1).reshape((diffs.shape[1],) + tuple(input_shape[1:]))
 
 
 def values_to_inputs(values: Tensor, mask_index: Tensor, out_shape: Sequence[int], input_shape: Sequence[int]) -> Tensor:

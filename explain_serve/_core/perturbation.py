@@ -29,6 +29,30 @@ def forward_tensor(forward_func: Callable, inputs, target, args) -> Tensor:
     return out.detach()
 
 
+_SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+                   torch.float64: torch.int64}
+
+
+def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Tensor:
+    """``torch.where(mask, a, b)``, on the CPU computed on the bit patterns as
+    ``b ^ ((a ^ b) & -mask)``: the same bits (NaNs and signed zeros included), several times
+    faster for the stacked perturbations, where CPU ``where`` does not vectorize. Other devices,
+    mixed dtypes and types other than float and integer go through ``torch.where``."""
+    ref = a if isinstance(a, Tensor) else b
+    if isinstance(ref, Tensor) and ref.is_floating_point():  # a number takes the tensor's dtype, as in where
+        a, b = (t if isinstance(t, Tensor) else torch.tensor(t, dtype=ref.dtype, device=ref.device) for t in (a, b))
+    if (not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.device.type != "cpu"
+            or b.dtype != a.dtype or a.dtype == torch.bool or a.is_complex()):
+        return torch.where(mask, a, b)
+    as_int = _SAME_WIDTH_INT.get(a.dtype, a.dtype)
+    if as_int.is_floating_point:  # a float type without a same-width integer view
+        return torch.where(mask, a, b)
+    a_bits, b_bits = a.view(as_int), b.view(as_int)
+    out = (a_bits ^ b_bits) & mask.to(as_int).neg_()
+    out ^= b_bits
+    return out.view(a.dtype) if out.dtype != a.dtype else out
+
+
 def check_per_eval(perturbations_per_eval: Optional[int]) -> None:
     if perturbations_per_eval is not None and (
         not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1
@@ -182,7 +206,7 @@ def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:
     n = x[0].numel()
     if isinstance(replacement, Tensor):
         replacement = replacement.reshape(-1, b, n)
-    out = torch.where(one_scalar_each(n, x.device), replacement, x.reshape(1, b, n))
+    out = select(one_scalar_each(n, x.device), replacement, x.reshape(1, b, n))
     return out.reshape(((n + 1) * b,) + inner)
 
 
@@ -221,6 +245,6 @@ def ablate_with_masks(
     x: Tensor, replacement: Tensor, masks: Tensor
 ) -> Tensor:
     """Stack ``n`` perturbed copies: ``masks`` (n, 1 or B, ...) bool picks ``replacement`` over ``x``."""
-    out = torch.where(masks, replacement.unsqueeze(0), x.unsqueeze(0))
+    out = select(masks, replacement.unsqueeze(0), x.unsqueeze(0))
     n = masks.shape[0]
     return out.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:]))

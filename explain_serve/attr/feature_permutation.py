@@ -16,7 +16,7 @@ from torch import Tensor
 from .._core.inputs import as_tuple, format_args, format_output, is_tuple
 from .._core.progress import shows_progress
 from .._core.targets import TargetType
-from .._core.perturbation import check_per_eval, format_masks
+from .._core.perturbation import check_per_eval, format_masks, select
 from .feature_ablation import FeatureAblation
 from .._core.errors import AttributionArgumentError
 
@@ -118,7 +118,7 @@ class FeaturePermutation(FeatureAblation):
             sel = m.unsqueeze(0) == torch.tensor(ids, device=m.device).view((-1,) + (1,) * m.dim())
             rows = torch.cat(perms[i]) if n else identities[i][:0]
             shuffled = x[rows.to(x.device)].reshape((n,) + tuple(x.shape))
-            out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
+            out.append(select(sel, shuffled, x.unsqueeze(0)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
         return tuple(out)
 
     @shows_progress

@@ -34,7 +34,7 @@ from .._core.inputs import (
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
 from .._core.progress import shows_progress
-from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, values_to_inputs
+from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, select, values_to_inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,7 +425,7 @@ class Lime(LimeBase):
                 else:
                     keep = torch.gather(zc, 2, idx.unsqueeze(0).expand(n, bsz, idx.shape[1]))
                     keep = keep.reshape((n, bsz) + tuple(x.shape[1:]))
-                perturbed.append(torch.where(keep, x.unsqueeze(0), b.unsqueeze(0)))
+                perturbed.append(select(keep, x.unsqueeze(0), b.unsqueeze(0)))
             perturbed = [p.expand((p.shape[0],) + tuple(x.shape)) for p, x in zip(perturbed, inputs)]
             weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
             return tuple(p.reshape((n * x.shape[0],) + tuple(x.shape[1:])) for p, x in zip(perturbed, inputs))

@@ -32,7 +32,17 @@ from .._core.targets import TargetType
 from ._base import PerturbationAttribution
 from .._core.futures import attribute_as_future
 from .._core.progress import shows_progress
-from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, is_aggregate, values_to_inputs
+from .._core.perturbation import (
+    check_per_eval,
+    evaluate_chunks,
+    fits_one_forward,
+    format_masks,
+    forward_tensor,
+    forward_units,
+    is_aggregate,
+    select,
+    values_to_inputs,
+)
 
 
 def antithetic_permutations(n: int, n_feat: int) -> Tensor:
@@ -82,9 +92,19 @@ class ShapleyValueSampling(PerturbationAttribution):
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
         num_examples = inputs[0].shape[0]
-        n_feat = int(max(int(m.max()) for m in masks if m.numel())) + 1
+        n_feat = (sum(x[0:1].numel() for x in inputs) if feature_mask is None
+                  else int(max(int(m.max()) for m in masks if m.numel())) + 1)
 
         with torch.no_grad():
+            perms = None
+            if not exact:
+                perms = antithetic_permutations(n_samples, n_feat).to(inputs[0].device)  # (S, F)
+                phi = self._sampled_in_one_forward(inputs, baselines, masks, perms, target, args,
+                                                   perturbations_per_eval)
+                if phi is not None:
+                    out_shape = phi.shape[1:]
+                    attrs = tuple(values_to_inputs(phi, m, out_shape, x.shape) for x, m in zip(inputs, masks))
+                    return format_output(was_tuple, attrs)
             initial = forward_tensor(self.forward_func, baselines, target, args)  # v(empty)
             if initial.dim() == 0:
                 initial = initial.reshape(1)
@@ -101,7 +121,7 @@ class ShapleyValueSampling(PerturbationAttribution):
             if exact:
                 phi = self._exact(inputs, baselines, masks, n_feat, initial, target, args, per_eval)
             else:
-                phi = self._sampled(inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval)
+                phi = self._sampled(inputs, baselines, masks, perms, initial, target, args, per_eval)
 
             attrs = tuple(values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
         return format_output(was_tuple, attrs)
@@ -115,24 +135,26 @@ class ShapleyValueSampling(PerturbationAttribution):
             out = []
             for x, b, m in zip(inputs, baselines, masks):
                 keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
-                pert = torch.where(keep, x.unsqueeze(0), b.unsqueeze(0))
+                pert = select(keep, x.unsqueeze(0), b.unsqueeze(0))
                 out.append(pert.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
             return tuple(out)
 
         return build
 
-    def _sampled(self, inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval):
-        device = inputs[0].device
-        perms = antithetic_permutations(n_samples, n_feat).to(device)  # (S, F)
-        # position of each feature in each ordering
-        pos = torch.empty_like(perms)
+    @staticmethod
+    def _walk_presence(perms: Tensor) -> Callable[[slice], Tensor]:
+        """``presence(sl)`` of the walks' inner coalitions (unit ``s * (F - 1) + k``: the first
+        ``k + 1`` features of ordering ``s``; the empty and the full coalition are not units)."""
+        n_samples, n_feat = perms.shape
+        device = perms.device
+        pos = torch.empty_like(perms)  # position of each feature in each ordering
         pos.scatter_(1, perms, torch.arange(n_feat, device=device).expand(n_samples, n_feat))
-
-        inner = n_feat - 1  # the last coalition of every walk is the input itself: evaluated once
-
+        inner = n_feat - 1
         steps = torch.arange(inner, device=device)[None, :, None]
 
         def presence(sl: slice) -> Tensor:
+            if sl.stop <= sl.start:
+                return torch.zeros(0, n_feat, dtype=torch.bool, device=device)
             first, last = sl.start // inner, (sl.stop - 1) // inner + 1
             if sl.stop - sl.start >= inner:  # whole orderings: one broadcast compare, no gathers
                 block = (pos[first:last, None, :] <= steps).reshape(-1, n_feat)
@@ -141,18 +163,45 @@ class ShapleyValueSampling(PerturbationAttribution):
             s, k = u // inner, u % inner
             return pos[s] <= k[:, None]  # features among the first k+1 of ordering s
 
-        build = self._coalition_builder(inputs, baselines, masks, presence)
-        final = forward_tensor(self.forward_func, inputs, target, args).reshape(initial.shape)
-        outs = [out for _, out in evaluate_chunks(
-            self.forward_func, build, n_samples * inner, per_eval, initial.shape, target, args, inputs)]
-        shape = tuple(initial.shape)
-        v = torch.cat(outs, 0).to(final.dtype) if outs else final.new_zeros((0,) + shape)
-        v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype), v.reshape((n_samples, inner) + shape),
+        return presence
+
+    @staticmethod
+    def _walk_average(perms: Tensor, initial: Tensor, final: Tensor, v: Tensor) -> Tensor:
+        """Shapley estimates (F, *out) from the walks' values: ``initial`` v(empty), ``final``
+        v(full), ``v`` (S * (F - 1), *out) the inner coalitions in unit order."""
+        n_samples, n_feat = perms.shape
+        shape = tuple(final.shape)
+        v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype),
+                       v.to(final.dtype).reshape((n_samples, n_feat - 1) + shape),
                        final.expand((n_samples, 1) + shape)], 1)
         marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
-        phi = torch.zeros((n_feat,) + tuple(initial.shape), dtype=marg.dtype, device=device)
-        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(initial.shape)))
+        phi = torch.zeros((n_feat,) + shape, dtype=marg.dtype, device=marg.device)
+        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + shape))
         return phi / n_samples
+
+    def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval):
+        """The walks with v(empty) and v(full) in the same forward as the inner coalitions, or
+        None where that does not apply (``fits_one_forward``) or the forward aggregates."""
+        n_samples, n_feat = perms.shape
+        n_inner = n_samples * (n_feat - 1)
+        if not fits_one_forward(per_eval, n_inner + 2, inputs):
+            return None
+        ends = torch.tensor([[False], [True]], device=perms.device).expand(2, n_feat)  # baseline, input
+        z = torch.cat([ends, self._walk_presence(perms)(slice(0, n_inner))])
+        batch = self._coalition_builder(inputs, baselines, masks, lambda sl: z)(slice(0, n_inner + 2))
+        outs = forward_units(self.forward_func, batch, n_inner + 2, inputs[0].shape[0], target, args)
+        if outs is None:
+            return None
+        return self._walk_average(perms, outs[0], outs[1], outs[2:])
+
+    def _sampled(self, inputs, baselines, masks, perms, initial, target, args, per_eval):
+        n_samples, n_feat = perms.shape
+        build = self._coalition_builder(inputs, baselines, masks, self._walk_presence(perms))
+        final = forward_tensor(self.forward_func, inputs, target, args).reshape(initial.shape)
+        outs = [out for _, out in evaluate_chunks(
+            self.forward_func, build, n_samples * (n_feat - 1), per_eval, initial.shape, target, args, inputs)]
+        v = torch.cat(outs, 0) if outs else final.new_zeros((0,) + tuple(initial.shape))
+        return self._walk_average(perms, initial, final, v)
 
     def _exact(self, inputs, baselines, masks, n_feat, initial, target, args, per_eval):
         device = inputs[0].device

@@ -146,9 +146,9 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
     ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
     (then the design is just ``z Q``) and the normal equations are solved by Cholesky; a
-    rank-deficient or ill-conditioned design (a budget below ``M``), or more features, goes
-    through the pseudo-inverse (minimum-norm). Either way one factorisation
-    serves all examples. ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
+    rank-deficient or ill-conditioned design (a budget below ``M``) gets their minimum-norm
+    solution from an eigendecomposition, and more features go through the pseudo-inverse of the
+    design. Either way one factorisation serves all examples. ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
     """
     z = z.to(torch.float64)
     y = y.to(torch.float64)
@@ -159,16 +159,23 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     if m < 2:
         return delta.expand(y.shape[0], m).clone()
     resid = y - v0 - delta * (k / m)  # (G, S)
-    # fewer coalitions (or directions) than unknowns: surely rank-deficient
-    if m <= 256 and z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1):
+    if m <= 256:
         q = _sum_zero_basis(m).to(z.device)
         a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
         aw = a * w[:, None]
-        chol, info = torch.linalg.cholesky_ex(a.transpose(0, 1) @ aw)
-        diag = chol.diagonal()
-        if int(info) == 0 and bool(diag.min() > 1e-6 * diag.max()):
-            v = torch.cholesky_solve((resid @ aw).transpose(0, 1), chol)  # (M-1, G)
-            return delta / m + (q @ v).transpose(0, 1)
+        gram, rhs = a.transpose(0, 1) @ aw, (resid @ aw).transpose(0, 1)  # (M-1, M-1), (M-1, G)
+        # fewer coalitions (or directions) than unknowns: surely rank-deficient
+        if z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1):
+            chol, info = torch.linalg.cholesky_ex(gram)
+            diag = chol.diagonal()
+            if int(info) == 0 and bool(diag.min() > 1e-6 * diag.max()):
+                return delta / m + (q @ torch.cholesky_solve(rhs, chol)).transpose(0, 1)
+        # rank-deficient: the minimum-norm solution from the normal matrix's eigenvectors (a
+        # fraction of the design's SVD); directions below 1e-12 of the largest eigenvalue (1e-6
+        # of the largest singular value) are left out
+        lam, vec = torch.linalg.eigh(gram)
+        inv = torch.where(lam > 1e-12 * lam[-1:], 1.0 / lam, 0.0)
+        return delta / m + (q @ (vec @ (inv[:, None] * (vec.transpose(0, 1) @ rhs)))).transpose(0, 1)
     sw = w.sqrt()
     a = sw[:, None] * (z - k[:, None] / m)  # (S, M)
     b = (resid * sw).transpose(0, 1)  # (S, G)

@@ -34,7 +34,16 @@ from .._core.inputs import (
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
 from .._core.progress import shows_progress
-from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, select, values_to_inputs
+from .._core.perturbation import (
+    check_per_eval,
+    evaluate_chunks,
+    fits_one_forward,
+    format_masks,
+    forward_tensor,
+    forward_units,
+    select,
+    values_to_inputs,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,30 +378,24 @@ class Lime(LimeBase):
             warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
                           "a feature_mask.", stacklevel=2)
         bsz = inputs[0].shape[0]
-        test = forward_tensor(self.forward_func, inputs, target, args)
-        per_eval = perturbations_per_eval
-        if bsz > 1 and test.numel() == bsz:
-            groups = bsz  # one surrogate per example
-        elif test.numel() == 1:
-            groups = 1
-            if bsz > 1:
-                if per_eval is not None and per_eval > 1:
-                    raise AssertionError("Perturbations per eval must be 1 when forward function returns single value per batch!")
-                per_eval = 1
-        else:
-            raise AssertionError("Invalid number of outputs, forward function should return a scalar per example "
-                                 "or a scalar per input batch.")
-        out_dtype = test.dtype if test.is_floating_point() else torch.get_default_dtype()
-
         sampler, sim = self._sampler(), self._batched_similarity()
-        if (sampler is not None and sim is not None and self.perturb_interpretable_space
-                and self.from_interp_rep_transform is default_from_interp_rep_transform):
-            coefs = self._vectorized(inputs, baselines, masks, n_feat, groups, n_samples, test,
-                                     target, args, per_eval, sampler, sim)
-        else:
-            coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
-                                     target, args, per_eval, was_tuple)
-        coefs = coefs.to(out_dtype)
+        vectorized = (sampler is not None and sim is not None and self.perturb_interpretable_space
+                      and self.from_interp_rep_transform is default_from_interp_rep_transform)
+        coefs = test = None
+        if vectorized:
+            z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
+            test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
+                                                          perturbations_per_eval, sim)
+        if coefs is None:
+            test = forward_tensor(self.forward_func, inputs, target, args)
+            groups, per_eval = self._groups(test, bsz, perturbations_per_eval)
+            if vectorized:
+                coefs = self._vectorized(inputs, baselines, masks, z, groups, test.shape, target, args, per_eval, sim)
+            else:
+                coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
+                                         target, args, per_eval, was_tuple)
+        groups = coefs.shape[0]
+        coefs = coefs.to(test.dtype if test.is_floating_point() else torch.get_default_dtype())
         if not return_input_shape:
             return coefs
         attrs = []
@@ -404,17 +407,29 @@ class Lime(LimeBase):
             attrs.append(a)
         return format_output(was_tuple, tuple(attrs))
 
-    def _vectorized(self, inputs, baselines, masks, n_feat, groups, n_samples, test, target, args,
-                    per_eval, sampler, sim):
+    @staticmethod
+    def _groups(test: Tensor, bsz: int, per_eval: Optional[int]) -> Tuple[int, Optional[int]]:
+        """Surrogates to fit (one per example, or one for a forward that aggregates the batch)
+        and the perturbations per forward, from the forward's output on the inputs."""
+        if bsz > 1 and test.numel() == bsz:
+            return bsz, per_eval
+        if test.numel() == 1:
+            if bsz > 1:
+                if per_eval is not None and per_eval > 1:
+                    raise AssertionError("Perturbations per eval must be 1 when forward function returns single value per batch!")
+                per_eval = 1
+            return 1, per_eval
+        raise AssertionError("Invalid number of outputs, forward function should return a scalar per example "
+                             "or a scalar per input batch.")
+
+    def _sample_builder(self, inputs, baselines, masks, z: Tensor, groups: int, sim, weights: Tensor):
+        """``build(sl)``: the inputs of samples ``sl`` of ``z`` (S, F) (feature kept where True),
+        their similarities written to ``weights[sl]`` (S, G)."""
         bsz = inputs[0].shape[0]
-        device = inputs[0].device
-        z = sampler(groups, n_samples, n_feat, device)  # (G, S, F) bool
-        n_samples = z.shape[1]
-        weights = torch.empty((n_samples, groups), dtype=torch.float64, device=device)
         per_example = groups > 1
 
         def build(sl: slice):
-            zc = z[:, sl].transpose(0, 1)  # (n, G, F)
+            zc = z[sl].unsqueeze(1).expand(-1, groups, -1)  # (n, G, F)
             n = zc.shape[0]
             perturbed = []
             for x, b, m in zip(inputs, baselines, masks):
@@ -430,10 +445,35 @@ class Lime(LimeBase):
             weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
             return tuple(p.reshape((n * x.shape[0],) + tuple(x.shape[1:])) for p, x in zip(perturbed, inputs))
 
-        outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, test.shape,
+        return build
+
+    def _vectorized_in_one_forward(self, inputs, baselines, masks, z, target, args, per_eval, sim):
+        """``(f(inputs), coefficients)`` from one forward holding the inputs (as the sample that
+        keeps every feature) and every sample, one surrogate per example; ``(None, None)``
+        where that does not apply (``fits_one_forward``) or the forward aggregates the batch."""
+        n_samples, n_feat = z.shape
+        bsz = inputs[0].shape[0]
+        if not fits_one_forward(per_eval, n_samples + 1, inputs):
+            return None, None
+        weights = torch.empty((n_samples + 1, bsz), dtype=torch.float64, device=z.device)
+        zz = torch.cat([z.new_ones(1, n_feat), z])
+        build = self._sample_builder(inputs, baselines, masks, zz, bsz, sim, weights)
+        outs = forward_units(self.forward_func, build(slice(0, n_samples + 1)), n_samples + 1, bsz, target, args)
+        if outs is None:
+            return None, None
+        test = outs[0]
+        self._groups(test, bsz, per_eval)  # one scalar per example, or the error
+        y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
+        return test, self._fit(z.to(torch.float64).expand(bsz, n_samples, n_feat), y, weights[1:].transpose(0, 1))
+
+    def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim):
+        n_samples, n_feat = z.shape
+        weights = torch.empty((n_samples, groups), dtype=torch.float64, device=z.device)
+        build = self._sample_builder(inputs, baselines, masks, z, groups, sim, weights)
+        outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, out_shape,
                                                    target, args, inputs)]
         y = torch.cat(outs, 0).reshape(n_samples, groups).transpose(0, 1)
-        return self._fit(z.to(torch.float64), y, weights.transpose(0, 1))
+        return self._fit(z.to(torch.float64).expand(groups, n_samples, n_feat), y, weights.transpose(0, 1))
 
     def _per_sample(self, inputs, baselines, raw_masks, n_feat, groups, n_samples, target, args, per_eval,
                     was_tuple):

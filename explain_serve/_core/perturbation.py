@@ -213,8 +213,15 @@ def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:
 def per_scalar_attributions(outs: Tensor, input_shape: Sequence[int]) -> Tensor:
     """``f(x) - f(copy 1 + i)`` spread onto scalar ``i``, from the ``(n + 1, *out_shape)``
     outputs of a ``per_scalar_batch``: shape ``(outputs, *input_shape[1:])``."""
-    diffs = (outs[0:1] - outs[1:]).reshape(outs.shape[0] - 1, -1)  # (n, O)
-    return diffs.transpose(0, 1).reshape((diffs.shape[1],) + tuple(input_shape[1:]))
+    diffs = outs[0:1] - outs[1:]
+    return spread_per_scalar(diffs, input_shape).reshape((-1,) + tuple(input_shape[1:]))
+
+
+def spread_per_scalar(values: Tensor, input_shape: Sequence[int]) -> Tensor:
+    """``values_to_inputs`` for the default feature mask of one input (feature ``i`` is scalar
+    ``i``): ``(F, *out_shape)`` -> ``(*out_shape, *input_shape[1:])`` with no index."""
+    flat = values.reshape(values.shape[0], -1)  # (F, O)
+    return flat.transpose(0, 1).reshape(tuple(values.shape[1:]) + tuple(input_shape[1:]))
 
 
 def values_to_inputs(values: Tensor, mask_index: Tensor, out_shape: Sequence[int], input_shape: Sequence[int]) -> Tensor:

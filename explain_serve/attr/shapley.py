@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 from typing import Any, Callable, Optional
 
 import torch
@@ -41,6 +42,7 @@ from .._core.perturbation import (
     forward_units,
     is_aggregate,
     select,
+    spread_per_scalar,
     values_to_inputs,
 )
 
@@ -49,6 +51,26 @@ def antithetic_permutations(n: int, n_feat: int) -> Tensor:
     """``n`` orderings of ``n_feat`` players (S, F): random ones, each followed by its reverse."""
     half = torch.rand((n + 1) // 2, n_feat).argsort(-1)
     return torch.stack([half, half.flip(-1)], 1).reshape(-1, n_feat)[:n]
+
+
+@lru_cache(maxsize=32)
+def _empty_and_full(n_feat: int, device: torch.device) -> Tensor:
+    """Presence rows of v(empty) (the baseline) and v(full) (the input), units 0 and 1."""
+    return torch.tensor([[False], [True]], device=device).expand(2, n_feat)
+
+
+def _walk_rows(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
+    """``(S, F + 1)`` unit of each step of each walk among ``[empty, full, inner...]``: 0, then
+    walk ``s``'s ``F - 1`` inner coalitions, then 1 (cached up to 2^16 entries)."""
+    if n_samples * (n_feat + 1) <= 1 << 16:
+        return _walk_rows_cached(n_samples, n_feat, device)
+    return _walk_rows_cached.__wrapped__(n_samples, n_feat, device)
+
+
+@lru_cache(maxsize=32)
+def _walk_rows_cached(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
+    inner = torch.arange(2, 2 + n_samples * (n_feat - 1), device=device).reshape(n_samples, n_feat - 1)
+    return torch.cat([inner.new_zeros(n_samples, 1), inner, inner.new_ones(n_samples, 1)], 1)
 
 
 class ShapleyValueSampling(PerturbationAttribution):
@@ -99,9 +121,12 @@ class ShapleyValueSampling(PerturbationAttribution):
             perms = None
             if not exact:
                 perms = antithetic_permutations(n_samples, n_feat).to(inputs[0].device)  # (S, F)
+                one_scalar_each = feature_mask is None and len(inputs) == 1  # feature i is scalar i
                 phi = self._sampled_in_one_forward(inputs, baselines, masks, perms, target, args,
-                                                   perturbations_per_eval)
+                                                   perturbations_per_eval, one_scalar_each)
                 if phi is not None:
+                    if one_scalar_each:
+                        return format_output(was_tuple, (spread_per_scalar(phi, inputs[0].shape),))
                     out_shape = phi.shape[1:]
                     attrs = tuple(values_to_inputs(phi, m, out_shape, x.shape) for x, m in zip(inputs, masks))
                     return format_output(was_tuple, attrs)
@@ -126,15 +151,20 @@ class ShapleyValueSampling(PerturbationAttribution):
             attrs = tuple(values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
         return format_output(was_tuple, attrs)
 
-    def _coalition_builder(self, inputs, baselines, masks, presence: Callable[[slice], Tensor]):
-        """``build(sl)``: inputs where feature f of unit u is kept iff ``presence(sl)[u, f]``."""
+    def _coalition_builder(self, inputs, baselines, masks, presence: Callable[[slice], Tensor],
+                           one_scalar_each: bool = False):
+        """``build(sl)``: inputs where feature f of unit u is kept iff ``presence(sl)[u, f]``
+        (``one_scalar_each``: one input with the default mask, feature f is its scalar f)."""
 
         def build(sl: slice):
             z = presence(sl)  # (n, F) bool
             n = z.shape[0]
             out = []
             for x, b, m in zip(inputs, baselines, masks):
-                keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
+                if one_scalar_each:
+                    keep = z.reshape((n, 1) + tuple(x.shape[1:]))
+                else:
+                    keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
                 pert = select(keep, x.unsqueeze(0), b.unsqueeze(0))
                 out.append(pert.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
             return tuple(out)
@@ -147,8 +177,7 @@ class ShapleyValueSampling(PerturbationAttribution):
         ``k + 1`` features of ordering ``s``; the empty and the full coalition are not units)."""
         n_samples, n_feat = perms.shape
         device = perms.device
-        pos = torch.empty_like(perms)  # position of each feature in each ordering
-        pos.scatter_(1, perms, torch.arange(n_feat, device=device).expand(n_samples, n_feat))
+        pos = perms.argsort(-1)  # position of each feature in each ordering (the inverse permutation)
         inner = n_feat - 1
         steps = torch.arange(inner, device=device)[None, :, None]
 
@@ -179,20 +208,25 @@ class ShapleyValueSampling(PerturbationAttribution):
         phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + shape))
         return phi / n_samples
 
-    def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval):
+    def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval,
+                                one_scalar_each=False):
         """The walks with v(empty) and v(full) in the same forward as the inner coalitions, or
         None where that does not apply (``fits_one_forward``) or the forward aggregates."""
         n_samples, n_feat = perms.shape
         n_inner = n_samples * (n_feat - 1)
         if not fits_one_forward(per_eval, n_inner + 2, inputs):
             return None
-        ends = torch.tensor([[False], [True]], device=perms.device).expand(2, n_feat)  # baseline, input
-        z = torch.cat([ends, self._walk_presence(perms)(slice(0, n_inner))])
-        batch = self._coalition_builder(inputs, baselines, masks, lambda sl: z)(slice(0, n_inner + 2))
-        outs = forward_units(self.forward_func, batch, n_inner + 2, inputs[0].shape[0], target, args)
+        z = torch.cat([_empty_and_full(n_feat, perms.device), self._walk_presence(perms)(slice(0, n_inner))])
+        build = self._coalition_builder(inputs, baselines, masks, lambda sl: z, one_scalar_each)
+        outs = forward_units(self.forward_func, build(slice(0, n_inner + 2)), n_inner + 2, inputs[0].shape[0],
+                             target, args)
         if outs is None:
             return None
-        return self._walk_average(perms, outs[0], outs[1], outs[2:])
+        v = outs[_walk_rows(n_samples, n_feat, perms.device)]  # (S, F + 1, *out): each walk, ends included
+        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
+        phi = torch.zeros((n_feat,) + tuple(outs.shape[1:]), dtype=marg.dtype, device=marg.device)
+        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(outs.shape[1:])))
+        return phi / n_samples
 
     def _sampled(self, inputs, baselines, masks, perms, initial, target, args, per_eval):
         n_samples, n_feat = perms.shape

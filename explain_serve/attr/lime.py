@@ -42,6 +42,7 @@ from .._core.perturbation import (
     forward_tensor,
     forward_units,
     select,
+    spread_per_scalar,
     values_to_inputs,
 )
 
@@ -382,10 +383,11 @@ class Lime(LimeBase):
         vectorized = (sampler is not None and sim is not None and self.perturb_interpretable_space
                       and self.from_interp_rep_transform is default_from_interp_rep_transform)
         coefs = test = None
+        one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f
         if vectorized:
             z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
             test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
-                                                          perturbations_per_eval, sim)
+                                                          perturbations_per_eval, sim, one_scalar_each)
         if coefs is None:
             test = forward_tensor(self.forward_func, inputs, target, args)
             groups, per_eval = self._groups(test, bsz, perturbations_per_eval)
@@ -398,6 +400,9 @@ class Lime(LimeBase):
         coefs = coefs.to(test.dtype if test.is_floating_point() else torch.get_default_dtype())
         if not return_input_shape:
             return coefs
+        if one_scalar_each:
+            out = coefs.reshape(1, n_feat) if groups == 1 else coefs
+            return format_output(was_tuple, (spread_per_scalar(out.transpose(0, 1), inputs[0].shape),))
         attrs = []
         for x, m in zip(inputs, masks):
             if groups == 1:
@@ -422,9 +427,11 @@ class Lime(LimeBase):
         raise AssertionError("Invalid number of outputs, forward function should return a scalar per example "
                              "or a scalar per input batch.")
 
-    def _sample_builder(self, inputs, baselines, masks, z: Tensor, groups: int, sim, weights: Tensor):
+    def _sample_builder(self, inputs, baselines, masks, z: Tensor, groups: int, sim, weights: Tensor,
+                        one_scalar_each: bool = False):
         """``build(sl)``: the inputs of samples ``sl`` of ``z`` (S, F) (feature kept where True),
-        their similarities written to ``weights[sl]`` (S, G)."""
+        their similarities written to ``weights[sl]`` (S, G). ``one_scalar_each``: one input with
+        the default mask (feature f is its scalar f: no mask indexing)."""
         bsz = inputs[0].shape[0]
         per_example = groups > 1
 
@@ -434,7 +441,9 @@ class Lime(LimeBase):
             perturbed = []
             for x, b, m in zip(inputs, baselines, masks):
                 idx = m.reshape(m.shape[0], -1)  # (Bm, P)
-                if groups == 1:
+                if one_scalar_each:  # the same draw for every example: broadcast over the batch
+                    keep = z[sl].reshape((n, 1) + tuple(x.shape[1:]))
+                elif groups == 1:
                     keep = zc[:, 0][:, idx[0 if idx.shape[0] == 1 else slice(None)]]  # (n, P) or (n, B, P)
                     keep = keep.reshape((n, idx.shape[0] if idx.shape[0] > 1 else 1) + tuple(x.shape[1:]))
                 else:
@@ -447,7 +456,8 @@ class Lime(LimeBase):
 
         return build
 
-    def _vectorized_in_one_forward(self, inputs, baselines, masks, z, target, args, per_eval, sim):
+    def _vectorized_in_one_forward(self, inputs, baselines, masks, z, target, args, per_eval, sim,
+                                   one_scalar_each=False):
         """``(f(inputs), coefficients)`` from one forward holding the inputs (as the sample that
         keeps every feature) and every sample, one surrogate per example; ``(None, None)``
         where that does not apply (``fits_one_forward``) or the forward aggregates the batch."""
@@ -457,7 +467,7 @@ class Lime(LimeBase):
             return None, None
         weights = torch.empty((n_samples + 1, bsz), dtype=torch.float64, device=z.device)
         zz = torch.cat([z.new_ones(1, n_feat), z])
-        build = self._sample_builder(inputs, baselines, masks, zz, bsz, sim, weights)
+        build = self._sample_builder(inputs, baselines, masks, zz, bsz, sim, weights, one_scalar_each)
         outs = forward_units(self.forward_func, build(slice(0, n_samples + 1)), n_samples + 1, bsz, target, args)
         if outs is None:
             return None, None

@@ -18,6 +18,7 @@ import math
 import warnings
 from typing import Any, Callable, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
@@ -51,7 +52,7 @@ from .._core.perturbation import (
 # interpretable model
 # --------------------------------------------------------------------------------------------
 class InterpretableLinearModel:
-    """Weighted least squares with an optional ridge penalty, solved in torch (no sklearn).
+    """Weighted least squares with an optional ridge penalty, solved in NumPy (no sklearn).
 
     Minimises ``sum_i w_i (y_i - b - z_i . c)^2 / sum_i w_i + alpha * |c|^2`` (the intercept
     ``b`` is not penalised). Solved as one (batched) least-squares problem in float64 with the
@@ -74,43 +75,55 @@ class InterpretableLinearModel:
         self.fit_tensors(x, y, w)
 
     def fit_tensors(self, x: Tensor, y: Tensor, w: Optional[Tensor] = None) -> Tensor:
-        """Fit ``x`` (…, S, F), ``y`` (…, S), ``w`` (…, S); returns coefficients (…, F)."""
+        """Fit ``x`` (…, S, F), ``y`` (…, S), ``w`` (…, S); returns coefficients (…, F).
+
+        Solved in float64 NumPy on the CPU: the systems are ``(F + 1)``-square, where torch's
+        per-operation cost, not the arithmetic, would be the time."""
         dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
-        x = x.to(torch.float64)
-        y = y.to(torch.float64).reshape(x.shape[:-1])
-        w = torch.ones_like(y) if w is None else w.to(torch.float64).reshape(y.shape)
-        s = torch.sqrt(w / w.sum(-1, keepdim=True).clamp_min(1e-300)).unsqueeze(-1)
+        device = y.device
+        x = x.detach().to("cpu", torch.float64).numpy()
+        y = y.detach().to("cpu", torch.float64).numpy().reshape(x.shape[:-1])
+        w = np.ones_like(y) if w is None else w.detach().to("cpu", torch.float64).numpy().reshape(y.shape)
+        s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
         n_feat = x.shape[-1]
-        design = torch.cat([x, torch.ones_like(x[..., :1])], -1) if self.fit_intercept else x
+        design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
         a = design * s
-        b = y.unsqueeze(-1) * s
+        b = y[..., None] * s
         sol = self._normal_equations(a, b, n_feat)
         if sol is None:
             sol = self._pinv_solve(a, b, n_feat)
+        sol = torch.from_numpy(sol).to(device)
         self.coef_ = sol[..., :n_feat].to(dtype)
         self.intercept_ = sol[..., n_feat].to(dtype) if self.fit_intercept else torch.zeros_like(sol[..., 0]).to(dtype)
         return self.coef_
 
-    def _normal_equations(self, a: Tensor, b: Tensor, n_feat: int) -> Optional[Tensor]:
+    def _normal_equations(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> Optional[np.ndarray]:
         """The fast path: Cholesky of ``a'a + alpha I`` (None if that is singular or ill-conditioned)."""
-        gram = a.transpose(-1, -2) @ a
+        at = np.swapaxes(a, -1, -2)
+        gram = at @ a
         if self.alpha > 0:
-            gram.diagonal(dim1=-2, dim2=-1)[..., :n_feat] += self.alpha
-        chol, info = torch.linalg.cholesky_ex(gram)
-        diag = chol.diagonal(dim1=-2, dim2=-1)
-        ok = (info == 0) & (diag.min(-1).values > 1e-6 * diag.max(-1).values)  # one sync, not two
-        if not bool(ok.all()):
+            idx = np.arange(n_feat)
+            gram[..., idx, idx] += self.alpha
+        try:
+            chol = np.linalg.cholesky(gram)
+        except np.linalg.LinAlgError:
             return None
-        return torch.cholesky_solve(a.transpose(-1, -2) @ b, chol).squeeze(-1)
+        diag = np.diagonal(chol, axis1=-2, axis2=-1)
+        if not (diag.min(-1) > 1e-6 * diag.max(-1)).all():
+            return None
+        half = np.linalg.solve(chol, at @ b)
+        return np.linalg.solve(np.swapaxes(chol, -1, -2), half)[..., 0]
 
-    def _pinv_solve(self, a: Tensor, b: Tensor, n_feat: int) -> Tensor:
+    def _pinv_solve(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> np.ndarray:
         """Minimum-norm least squares (rank-deficient designs: fewer samples than features)."""
         if self.alpha > 0:
-            pen = torch.zeros(a.shape[-1], a.shape[-1], dtype=a.dtype, device=a.device)
+            pen = np.zeros((a.shape[-1], a.shape[-1]))
             pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
-            a = torch.cat([a, pen.expand(a.shape[:-2] + pen.shape)], -2)
-            b = torch.cat([b, b.new_zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
-        return (torch.linalg.pinv(a) @ b).squeeze(-1)
+            a = np.concatenate([a, np.broadcast_to(pen, a.shape[:-2] + pen.shape)], -2)
+            b = np.concatenate([b, np.zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
+        # torch.linalg.pinv's default cut-off: machine epsilon times the larger dimension
+        rcond = np.finfo(np.float64).eps * max(a.shape[-2:])
+        return (np.linalg.pinv(a, rcond=rcond) @ b)[..., 0]
 
     def representation(self) -> Tensor:
         if self.coef_ is None:

@@ -153,7 +153,7 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     m = z.shape[-1]
     if 2 <= m <= 256:
         full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
-        phi = _fit_in_basis(*(t.detach().to("cpu", torch.float64).numpy() for t in (z, w, y)), full_rank_possible)
+        phi = _fit_in_basis(*(_float64_array(t) for t in (z, w, y)), full_rank_possible)
         return torch.from_numpy(phi).to(y.device)
     z = z.to(torch.float64)
     y = y.to(torch.float64)
@@ -170,6 +170,13 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     # paired coalitions make exactly collinear rows: a relative cut-off well above rounding
     u = torch.linalg.pinv(a, rtol=1e-10) @ b
     return delta / m + u.transpose(0, 1)
+
+
+def _float64_array(t: Tensor) -> np.ndarray:
+    """A float64 NumPy copy or view of a tensor (no torch op where it is already on the CPU)."""
+    if t.requires_grad or t.device.type != "cpu":
+        t = t.detach().cpu()
+    return t.numpy().astype(np.float64, copy=False)
 
 
 def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: bool) -> np.ndarray:

@@ -443,7 +443,7 @@ class Lime(LimeBase):
     def _sample_builder(self, inputs, baselines, masks, z: Tensor, groups: int, sim, weights: Tensor,
                         one_scalar_each: bool = False):
         """``build(sl)``: the inputs of samples ``sl`` of ``z`` (S, F) (feature kept where True),
-        their similarities written to ``weights[sl]`` (S, G). ``one_scalar_each``: one input with
+        their similarities written to ``weights[sl]`` (S, G) unless None. ``one_scalar_each``: one input with
         the default mask (feature f is its scalar f: no mask indexing)."""
         bsz = inputs[0].shape[0]
         per_example = groups > 1
@@ -464,7 +464,8 @@ class Lime(LimeBase):
                     keep = keep.reshape((n, bsz) + tuple(x.shape[1:]))
                 perturbed.append(select(keep, x.unsqueeze(0), b.unsqueeze(0)))
             perturbed = [p.expand((p.shape[0],) + tuple(x.shape)) for p, x in zip(perturbed, inputs)]
-            weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
+            if weights is not None:
+                weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
             return tuple(p.reshape((n * x.shape[0],) + tuple(x.shape[1:])) for p, x in zip(perturbed, inputs))
 
         return build
@@ -478,7 +479,8 @@ class Lime(LimeBase):
         bsz = inputs[0].shape[0]
         if not fits_one_forward(per_eval, n_samples + 1, inputs):
             return None, None
-        weights = torch.empty((n_samples + 1, bsz), dtype=torch.float64, device=z.device)
+        weights = (torch.empty((n_samples + 1, bsz), dtype=torch.float64, device=z.device)
+                   if self._similarity_weighted() else None)
         zz = torch.cat([z.new_ones(1, n_feat), z])
         build = self._sample_builder(inputs, baselines, masks, zz, bsz, sim, weights, one_scalar_each)
         outs = forward_units(self.forward_func, build(slice(0, n_samples + 1)), n_samples + 1, bsz, target, args)
@@ -487,16 +489,27 @@ class Lime(LimeBase):
         test = outs[0]
         self._groups(test, bsz, per_eval)  # one scalar per example, or the error
         y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
-        return test, self._fit(z.to(torch.float64).expand(bsz, n_samples, n_feat), y, weights[1:].transpose(0, 1))
+        return test, self._fit_design(z, y, None if weights is None else weights[1:])
 
     def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim):
         n_samples, n_feat = z.shape
-        weights = torch.empty((n_samples, groups), dtype=torch.float64, device=z.device)
+        weights = (torch.empty((n_samples, groups), dtype=torch.float64, device=z.device)
+                   if self._similarity_weighted() else None)
         build = self._sample_builder(inputs, baselines, masks, z, groups, sim, weights)
         outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, out_shape,
                                                    target, args, inputs)]
         y = torch.cat(outs, 0).reshape(n_samples, groups).transpose(0, 1)
-        return self._fit(z.to(torch.float64).expand(groups, n_samples, n_feat), y, weights.transpose(0, 1))
+        return self._fit_design(z, y, weights)
+
+    def _similarity_weighted(self) -> bool:
+        """Whether the fit uses the similarity of each sample (else the builder skips it)."""
+        return True
+
+    def _fit_design(self, z: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
+        """Fit the surrogates of ``y`` (G, S) on the design ``z`` (S, F) bool shared by every
+        example, weighted by the similarities ``weights`` (S, G); coefficients (G, F)."""
+        g, (n_samples, n_feat) = y.shape[0], z.shape
+        return self._fit(z.to(torch.float64).expand(g, n_samples, n_feat), y, weights.transpose(0, 1))
 
     def _per_sample(self, inputs, baselines, raw_masks, n_feat, groups, n_samples, target, args, per_eval,
                     was_tuple):

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .inputs import float64_array
+
 
 def size_mass(m: int) -> Tensor:
     """Total Shapley-kernel weight of each coalition size ``0..m`` (0 at sizes 0 and m)."""
@@ -153,7 +155,7 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     m = z.shape[-1]
     if 2 <= m <= 256:
         full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
-        phi = _fit_in_basis(*(_float64_array(t) for t in (z, w, y)), full_rank_possible)
+        phi = _fit_in_basis(*(float64_array(t) for t in (z, w, y)), full_rank_possible)
         return torch.from_numpy(phi).to(y.device)
     z = z.to(torch.float64)
     y = y.to(torch.float64)
@@ -172,11 +174,12 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     return delta / m + u.transpose(0, 1)
 
 
-def _float64_array(t: Tensor) -> np.ndarray:
-    """A float64 NumPy copy or view of a tensor (no torch op where it is already on the CPU)."""
-    if t.requires_grad or t.device.type != "cpu":
-        t = t.detach().cpu()
-    return t.numpy().astype(np.float64, copy=False)
+@lru_cache(maxsize=16)
+def _sum_zero_basis_array(m: int) -> np.ndarray:
+    """``_sum_zero_basis`` as a NumPy array (cached: read-only, never handed out)."""
+    q = _sum_zero_basis(m).numpy().copy()
+    q.flags.writeable = False
+    return q
 
 
 def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: bool) -> np.ndarray:
@@ -190,7 +193,7 @@ def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: boo
     m = z.shape[1]
     v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
     resid = y - v0 - delta * (z.sum(1) / m)  # (G, S)
-    q = _sum_zero_basis(m).numpy()
+    q = _sum_zero_basis_array(m)
     a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
     aw = a * w[:, None]
     gram, rhs = a.T @ aw, aw.T @ resid.T  # (M-1, M-1), (M-1, G)

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .._core.inputs import (
     as_tuple,
+    float64_array,
     format_args,
     format_baselines,
     format_output,
@@ -81,9 +82,9 @@ class InterpretableLinearModel:
         per-operation cost, not the arithmetic, would be the time."""
         dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
         device = y.device
-        x = x.detach().to("cpu", torch.float64).numpy()
-        y = y.detach().to("cpu", torch.float64).numpy().reshape(x.shape[:-1])
-        w = np.ones_like(y) if w is None else w.detach().to("cpu", torch.float64).numpy().reshape(y.shape)
+        x = float64_array(x)
+        y = float64_array(y).reshape(x.shape[:-1])
+        w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
         s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
         n_feat = x.shape[-1]
         design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
@@ -141,6 +142,15 @@ def _flatten_tuple(t) -> Tensor:
     return torch.cat([x.reshape(-1) for x in as_tuple(t)])
 
 
+def _total(parts) -> Tensor:
+    """``sum`` of tensors without the leading ``0 +`` (one op fewer per call)."""
+    parts = iter(parts)
+    out = next(parts)
+    for p in parts:
+        out = out + p
+    return out
+
+
 def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_width: float = 1.0) -> Callable:
     """Similarity ``exp(-d^2 / (2 width^2))`` of a perturbed input to the original.
 
@@ -165,13 +175,13 @@ def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_wid
         red = (lambda t: t.reshape(t.shape[0], t.shape[1], -1).sum(-1)) if per_example else (
             lambda t: t.reshape(t.shape[0], -1).sum(-1, keepdim=True))
         if distance_mode == "cosine":
-            dot = sum(red(p * o.unsqueeze(0)) for o, p in zip(original, perturbed))
-            n_o = sum(red((o * o).unsqueeze(0)) for o in original)
-            n_p = sum(red(p * p) for p in perturbed)
+            dot = _total(red(p * o) for o, p in zip(original, perturbed))
+            n_o = _total(red((o * o).unsqueeze(0)) for o in original)
+            n_p = _total(red(p * p) for p in perturbed)
             eps = 1e-8
             d = 1 - dot / (n_o.sqrt().clamp_min(eps) * n_p.sqrt().clamp_min(eps))
         else:
-            d = sum(red((p - o.unsqueeze(0)) ** 2) for o, p in zip(original, perturbed)).sqrt()
+            d = _total(red((p - o) ** 2) for o, p in zip(original, perturbed)).sqrt()
         return torch.exp(-(d**2) / (2 * kernel_width**2))
 
     default_exp_kernel.batched = batched  # type: ignore[attr-defined]
@@ -509,7 +519,7 @@ class Lime(LimeBase):
         """Fit the surrogates of ``y`` (G, S) on the design ``z`` (S, F) bool shared by every
         example, weighted by the similarities ``weights`` (S, G); coefficients (G, F)."""
         g, (n_samples, n_feat) = y.shape[0], z.shape
-        return self._fit(z.to(torch.float64).expand(g, n_samples, n_feat), y, weights.transpose(0, 1))
+        return self._fit(z.expand(g, n_samples, n_feat), y, weights.transpose(0, 1))
 
     def _per_sample(self, inputs, baselines, raw_masks, n_feat, groups, n_samples, target, args, per_eval,
                     was_tuple):

@@ -134,10 +134,15 @@ def test_select_is_torch_where_bit_for_bit(dtype):
             assert torch.equal(ours.view(width), ref.view(width))
         else:
             assert torch.equal(ours, ref)
-    # numbers on either side take the tensor's dtype, as in torch.where
-    same = lambda p, q: torch.testing.assert_close(p, q, rtol=0, atol=0, equal_nan=True)  # noqa: E731
-    same(select(mask, 0.5, b.double()), torch.where(mask, 0.5, b.double()))
-    same(select(mask, a.double(), 2), torch.where(mask, a.double(), 2))
+    # numbers on either side take the tensor's dtype, as in torch.where (+0 by a masking shortcut)
+    for number in (0, 0.0, -0.0, 0.5, 2):
+        for p, q in ((a, number), (number, a)):
+            if dtype == torch.bool:
+                continue
+            ours, ref = select(mask, p, q), torch.where(mask, p, q)
+            assert ours.dtype == ref.dtype
+            width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
+            assert torch.equal(ours.view(width), ref.view(width)), (p, q)
 
 
 def _pinv_fit(z, w, y):

@@ -6,6 +6,7 @@ mapping of per-feature values back to input positions.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
@@ -31,6 +32,7 @@ def forward_tensor(forward_func: Callable, inputs, target, args) -> Tensor:
 
 _SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
                    torch.float64: torch.int64}
+_BIT_TYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Tensor:
@@ -39,6 +41,15 @@ def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Te
     faster for the stacked perturbations, where CPU ``where`` does not vectorize. Other devices,
     mixed dtypes and types other than float and integer go through ``torch.where``."""
     ref = a if isinstance(a, Tensor) else b
+    zero = b if ref is a else a
+    if (isinstance(ref, Tensor) and ref.device.type == "cpu" and not isinstance(zero, Tensor) and zero == 0
+            and (ref.is_floating_point() and math.copysign(1.0, zero) > 0 or isinstance(zero, int))
+            and _SAME_WIDTH_INT.get(ref.dtype, ref.dtype) in _BIT_TYPES):
+        # +0 has no bits set: one pass, the tensor's bits masked (a number takes its dtype)
+        bits = ref.view(_SAME_WIDTH_INT.get(ref.dtype, ref.dtype))
+        keep = mask.to(bits.dtype).neg_() if ref is a else mask.to(bits.dtype).sub_(1)
+        out = bits & keep
+        return out.view(ref.dtype) if out.dtype != ref.dtype else out
     if isinstance(ref, Tensor) and ref.is_floating_point():  # a number takes the tensor's dtype, as in where
         a, b = (t if isinstance(t, Tensor) else torch.tensor(t, dtype=ref.dtype, device=ref.device) for t in (a, b))
     if (not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.device.type != "cpu"

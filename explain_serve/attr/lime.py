@@ -393,6 +393,7 @@ class Lime(LimeBase):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
+        zeros = tuple(0 for _ in inputs) if baselines is None else None  # default baselines, as numbers
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
@@ -409,7 +410,7 @@ class Lime(LimeBase):
         one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f
         if vectorized:
             z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
-            test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
+            test, coefs = self._vectorized_in_one_forward(inputs, zeros or baselines, masks, z, target, args,
                                                           perturbations_per_eval, sim, one_scalar_each)
         if coefs is None:
             test = forward_tensor(self.forward_func, inputs, target, args)
@@ -472,7 +473,7 @@ class Lime(LimeBase):
                 else:
                     keep = torch.gather(zc, 2, idx.unsqueeze(0).expand(n, bsz, idx.shape[1]))
                     keep = keep.reshape((n, bsz) + tuple(x.shape[1:]))
-                perturbed.append(select(keep, x.unsqueeze(0), b.unsqueeze(0)))
+                perturbed.append(select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b))
             perturbed = [p.expand((p.shape[0],) + tuple(x.shape)) for p, x in zip(perturbed, inputs)]
             if weights is not None:
                 weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)

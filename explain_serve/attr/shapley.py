@@ -110,6 +110,7 @@ class ShapleyValueSampling(PerturbationAttribution):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
+        zeros = tuple(0 for _ in inputs) if baselines is None else None  # default baselines, as numbers
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
@@ -122,7 +123,7 @@ class ShapleyValueSampling(PerturbationAttribution):
             if not exact:
                 perms = antithetic_permutations(n_samples, n_feat).to(inputs[0].device)  # (S, F)
                 one_scalar_each = feature_mask is None and len(inputs) == 1  # feature i is scalar i
-                phi = self._sampled_in_one_forward(inputs, baselines, masks, perms, target, args,
+                phi = self._sampled_in_one_forward(inputs, zeros or baselines, masks, perms, target, args,
                                                    perturbations_per_eval, one_scalar_each)
                 if phi is not None:
                     if one_scalar_each:
@@ -165,7 +166,7 @@ class ShapleyValueSampling(PerturbationAttribution):
                     keep = z.reshape((n, 1) + tuple(x.shape[1:]))
                 else:
                     keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
-                pert = select(keep, x.unsqueeze(0), b.unsqueeze(0))
+                pert = select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b)
                 out.append(pert.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
             return tuple(out)
 

@@ -86,7 +86,8 @@ def format_masks(feature_mask: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor,
         masks, offset = [], 0
         for x in inputs:
             n = x[0:1].numel()
-            masks.append(offset + torch.arange(n, device=x.device).reshape((1,) + tuple(x.shape[1:])))
+            ids = torch.arange(offset, offset + n, device=x.device)
+            masks.append(ids.reshape((1,) + tuple(x.shape[1:])))
             offset += n
         return tuple(masks)
     masks = as_tuple(feature_mask)

@@ -184,7 +184,8 @@ def _sum_zero_basis_array(m: int) -> np.ndarray:
 
 def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: bool) -> np.ndarray:
     """``constrained_fit`` for 2 to 256 features, in float64 NumPy: the normal equations of the
-    design in the sum-zero basis, ``(M - 1)``-square, solved by Cholesky; a rank-deficient or
+    design in the sum-zero basis, ``(M - 1)``-square, solved directly where their Cholesky
+    factor shows them well-conditioned; a rank-deficient or
     ill-conditioned one (a budget below ``M``) gets the minimum-norm solution from their
     eigendecomposition, leaving out directions below 1e-12 of the largest eigenvalue (1e-6 of
     the design's largest singular value). NumPy because at these sizes the per-operation cost of
@@ -203,7 +204,7 @@ def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: boo
         except np.linalg.LinAlgError:
             chol = None
         if chol is not None and np.diagonal(chol).min() > 1e-6 * np.diagonal(chol).max():
-            return delta / m + (q @ np.linalg.solve(chol.T, np.linalg.solve(chol, rhs))).T
+            return delta / m + (q @ np.linalg.solve(gram, rhs)).T
     lam, vec = np.linalg.eigh(gram)
     inv = np.zeros_like(lam)
     keep = lam > 1e-12 * lam[-1]

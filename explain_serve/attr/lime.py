@@ -93,13 +93,14 @@ class InterpretableLinearModel:
         sol = self._normal_equations(a, b, n_feat)
         if sol is None:
             sol = self._pinv_solve(a, b, n_feat)
-        sol = torch.from_numpy(sol).to(device)
-        self.coef_ = sol[..., :n_feat].to(dtype)
-        self.intercept_ = sol[..., n_feat].to(dtype) if self.fit_intercept else torch.zeros_like(sol[..., 0]).to(dtype)
+        sol = torch.from_numpy(sol).to(device=device, dtype=dtype)
+        self.coef_ = sol[..., :n_feat]
+        self.intercept_ = sol[..., n_feat] if self.fit_intercept else torch.zeros_like(sol[..., 0])
         return self.coef_
 
     def _normal_equations(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> Optional[np.ndarray]:
-        """The fast path: Cholesky of ``a'a + alpha I`` (None if that is singular or ill-conditioned)."""
+        """The fast path: the normal equations ``a'a + alpha I`` (None if their Cholesky factor
+        shows them singular or ill-conditioned)."""
         at = np.swapaxes(a, -1, -2)
         gram = at @ a
         if self.alpha > 0:
@@ -112,8 +113,7 @@ class InterpretableLinearModel:
         diag = np.diagonal(chol, axis1=-2, axis2=-1)
         if not (diag.min(-1) > 1e-6 * diag.max(-1)).all():
             return None
-        half = np.linalg.solve(chol, at @ b)
-        return np.linalg.solve(np.swapaxes(chol, -1, -2), half)[..., 0]
+        return np.linalg.solve(gram, at @ b)[..., 0]
 
     def _pinv_solve(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> np.ndarray:
         """Minimum-norm least squares (rank-deficient designs: fewer samples than features)."""

@@ -38,8 +38,9 @@ _BIT_TYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Tensor:
     """``torch.where(mask, a, b)``, on the CPU computed on the bit patterns as
     ``b ^ ((a ^ b) & -mask)``: the same bits (NaNs and signed zeros included), several times
-    faster for the stacked perturbations, where CPU ``where`` does not vectorize. Other devices,
-    mixed dtypes and types other than float and integer go through ``torch.where``."""
+    faster for the stacked perturbations, where CPU ``where`` does not vectorize; against the
+    number +0 (the default baseline) one masking pass. Other devices, mixed dtypes and types
+    other than float and integer go through ``torch.where``. ``mask`` is bool, never modified."""
     ref = a if isinstance(a, Tensor) else b
     zero = b if ref is a else a
     if (isinstance(ref, Tensor) and ref.device.type == "cpu" and not isinstance(zero, Tensor) and zero == 0
@@ -47,7 +48,8 @@ def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Te
             and _SAME_WIDTH_INT.get(ref.dtype, ref.dtype) in _BIT_TYPES):
         # +0 has no bits set: one pass, the tensor's bits masked (a number takes its dtype)
         bits = ref.view(_SAME_WIDTH_INT.get(ref.dtype, ref.dtype))
-        keep = mask.to(bits.dtype).neg_() if ref is a else mask.to(bits.dtype).sub_(1)
+        keep = mask.to(bits.dtype, copy=True)
+        keep = keep.neg_() if ref is a else keep.sub_(1)
         out = bits & keep
         return out.view(ref.dtype) if out.dtype != ref.dtype else out
     if isinstance(ref, Tensor) and ref.is_floating_point():  # a number takes the tensor's dtype, as in where
@@ -59,7 +61,7 @@ def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Te
     if as_int.is_floating_point:  # a float type without a same-width integer view
         return torch.where(mask, a, b)
     a_bits, b_bits = a.view(as_int), b.view(as_int)
-    out = (a_bits ^ b_bits) & mask.to(as_int).neg_()
+    out = (a_bits ^ b_bits) & mask.to(as_int, copy=True).neg_()
     out ^= b_bits
     return out.view(a.dtype) if out.dtype != a.dtype else out
 

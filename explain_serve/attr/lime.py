@@ -393,12 +393,18 @@ class Lime(LimeBase):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
-        zeros = tuple(0 for _ in inputs) if baselines is None else None  # default baselines, as numbers
-        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        zeros = baselines is None  # the default baselines stay the number 0 (select takes numbers)
+        baselines = (tuple(0 for _ in inputs) if zeros
+                     else tensorize_baselines(format_baselines(baselines, inputs), inputs))
         args = format_args(additional_forward_args)
-        raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
-        # the default masks are already in format_masks' form
-        masks = raw_masks if feature_mask is None else format_masks(raw_masks, inputs)
+        one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f: no mask
+        if one_scalar_each:
+            raw_masks, n_feat = None, inputs[0][0:1].numel()
+            masks = (None,)
+        else:
+            raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
+            # the default masks are already in format_masks' form
+            masks = raw_masks if feature_mask is None else format_masks(raw_masks, inputs)
         if n_feat > 10000:
             warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
                           "a feature_mask.", stacklevel=2)
@@ -407,17 +413,21 @@ class Lime(LimeBase):
         vectorized = (sampler is not None and sim is not None and self.perturb_interpretable_space
                       and self.from_interp_rep_transform is default_from_interp_rep_transform)
         coefs = test = None
-        one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f
         if vectorized:
             z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
-            test, coefs = self._vectorized_in_one_forward(inputs, zeros or baselines, masks, z, target, args,
+            test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
                                                           perturbations_per_eval, sim, one_scalar_each)
         if coefs is None:
             test = forward_tensor(self.forward_func, inputs, target, args)
             groups, per_eval = self._groups(test, bsz, perturbations_per_eval)
             if vectorized:
-                coefs = self._vectorized(inputs, baselines, masks, z, groups, test.shape, target, args, per_eval, sim)
+                coefs = self._vectorized(inputs, baselines, masks, z, groups, test.shape, target, args, per_eval, sim,
+                                         one_scalar_each)
             else:
+                if zeros:
+                    baselines = tensorize_baselines(format_baselines(None, inputs), inputs)
+                if raw_masks is None:
+                    raw_masks = construct_feature_mask(None, inputs)[0]
                 coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
                                          target, args, per_eval, was_tuple)
         groups = coefs.shape[0]
@@ -460,17 +470,19 @@ class Lime(LimeBase):
         per_example = groups > 1
 
         def build(sl: slice):
-            zc = z[sl].unsqueeze(1).expand(-1, groups, -1)  # (n, G, F)
-            n = zc.shape[0]
+            zs = z[sl]
+            n = zs.shape[0]
+            zc = zs.unsqueeze(1).expand(-1, groups, -1)  # (n, G, F)
             perturbed = []
             for x, b, m in zip(inputs, baselines, masks):
-                idx = m.reshape(m.shape[0], -1)  # (Bm, P)
                 if one_scalar_each:  # the same draw for every example: broadcast over the batch
-                    keep = z[sl].reshape((n, 1) + tuple(x.shape[1:]))
+                    keep = zs.reshape((n, 1) + tuple(x.shape[1:]))
                 elif groups == 1:
+                    idx = m.reshape(m.shape[0], -1)  # (Bm, P)
                     keep = zc[:, 0][:, idx[0 if idx.shape[0] == 1 else slice(None)]]  # (n, P) or (n, B, P)
                     keep = keep.reshape((n, idx.shape[0] if idx.shape[0] > 1 else 1) + tuple(x.shape[1:]))
                 else:
+                    idx = m.reshape(m.shape[0], -1)  # (Bm, P)
                     keep = torch.gather(zc, 2, idx.unsqueeze(0).expand(n, bsz, idx.shape[1]))
                     keep = keep.reshape((n, bsz) + tuple(x.shape[1:]))
                 perturbed.append(select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b))
@@ -502,11 +514,12 @@ class Lime(LimeBase):
         y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
         return test, self._fit_design(z, y, None if weights is None else weights[1:])
 
-    def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim):
+    def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim,
+                    one_scalar_each=False):
         n_samples, n_feat = z.shape
         weights = (torch.empty((n_samples, groups), dtype=torch.float64, device=z.device)
                    if self._similarity_weighted() else None)
-        build = self._sample_builder(inputs, baselines, masks, z, groups, sim, weights)
+        build = self._sample_builder(inputs, baselines, masks, z, groups, sim, weights, one_scalar_each)
         outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, out_shape,
                                                    target, args, inputs)]
         y = torch.cat(outs, 0).reshape(n_samples, groups).transpose(0, 1)

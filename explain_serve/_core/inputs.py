@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,6 +66,14 @@ def take_args(args: Optional[Tuple[Any, ...]], index) -> Optional[Tuple[Any, ...
     if args is None:
         return None
     return tuple(a[index] if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
+
+
+def float64_array(t: Tensor) -> np.ndarray:
+    """A float64 NumPy copy or view of a tensor, for small solves in NumPy (no torch op where
+    the tensor is already on the CPU and needs no grad)."""
+    if t.requires_grad or t.device.type != "cpu":
+        t = t.detach().cpu()
+    return t.numpy().astype(np.float64, copy=False)
 
 
 def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tuple[Union[Tensor, int, float], ...]:

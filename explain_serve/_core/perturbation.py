@@ -6,7 +6,9 @@ mapping of per-feature values back to input positions.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
+import math
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -26,6 +28,42 @@ def forward_tensor(forward_func: Callable, inputs, target, args) -> Tensor:
     if not isinstance(out, Tensor):  # pragma: no cover - run_forward already tensorizes
         out = torch.as_tensor(out)
     return out.detach()
+
+
+_SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+                   torch.float64: torch.int64}
+_BIT_TYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Tensor:
+    """``torch.where(mask, a, b)``, on the CPU computed on the bit patterns as
+    ``b ^ ((a ^ b) & -mask)``: the same bits (NaNs and signed zeros included), several times
+    faster for the stacked perturbations, where CPU ``where`` does not vectorize; against the
+    number +0 (the default baseline) one masking pass. Other devices, mixed dtypes and types
+    other than float and integer go through ``torch.where``. ``mask`` is bool, never modified."""
+    ref = a if isinstance(a, Tensor) else b
+    zero = b if ref is a else a
+    if (isinstance(ref, Tensor) and ref.device.type == "cpu" and not isinstance(zero, Tensor) and zero == 0
+            and (ref.is_floating_point() and math.copysign(1.0, zero) > 0 or isinstance(zero, int))
+            and _SAME_WIDTH_INT.get(ref.dtype, ref.dtype) in _BIT_TYPES):
+        # +0 has no bits set: one pass, the tensor's bits masked (a number takes its dtype)
+        bits = ref.view(_SAME_WIDTH_INT.get(ref.dtype, ref.dtype))
+        keep = mask.to(bits.dtype, copy=True)
+        keep = keep.neg_() if ref is a else keep.sub_(1)
+        out = bits & keep
+        return out.view(ref.dtype) if out.dtype != ref.dtype else out
+    if isinstance(ref, Tensor) and ref.is_floating_point():  # a number takes the tensor's dtype, as in where
+        a, b = (t if isinstance(t, Tensor) else torch.tensor(t, dtype=ref.dtype, device=ref.device) for t in (a, b))
+    if (not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.device.type != "cpu"
+            or b.dtype != a.dtype or a.dtype == torch.bool or a.is_complex()):
+        return torch.where(mask, a, b)
+    as_int = _SAME_WIDTH_INT.get(a.dtype, a.dtype)
+    if as_int.is_floating_point:  # a float type without a same-width integer view
+        return torch.where(mask, a, b)
+    a_bits, b_bits = a.view(as_int), b.view(as_int)
+    out = (a_bits ^ b_bits) & mask.to(as_int, copy=True).neg_()
+    out ^= b_bits
+    return out.view(a.dtype) if out.dtype != a.dtype else out
 
 
 def check_per_eval(perturbations_per_eval: Optional[int]) -> None:
@@ -50,7 +88,8 @@ def format_masks(feature_mask: Any, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor,
         masks, offset = [], 0
         for x in inputs:
             n = x[0:1].numel()
-            masks.append(offset + torch.arange(n, device=x.device).reshape((1,) + tuple(x.shape[1:])))
+            ids = torch.arange(offset, offset + n, device=x.device)
+            masks.append(ids.reshape((1,) + tuple(x.shape[1:])))
             offset += n
         return tuple(masks)
     masks = as_tuple(feature_mask)
@@ -125,6 +164,80 @@ def evaluate_chunks(
         i += 1
 
 
+def fits_one_forward(per_eval: Optional[int], n_units: int, inputs: Sequence[Tensor]) -> bool:
+    """Whether the automatic chunking takes ``n_units`` copies of ``inputs`` in one forward.
+
+    Then the unperturbed references (the input, the baseline) can join that forward as extra
+    units instead of costing forwards of their own. Never with an explicit
+    ``perturbations_per_eval`` (the user's bound on rows per forward) or inputs of different
+    batch sizes (see ``evaluate_chunks``).
+    """
+    if per_eval is not None or n_units < 1:
+        return False
+    if len({x.shape[0] for x in inputs if isinstance(x, Tensor) and x.dim()}) > 1:
+        return False
+    return n_units <= budget_units(inputs)
+
+
+def forward_units(
+    forward_func: Callable, batch: Tuple[Tensor, ...], n_units: int, rows: int, target: TargetType,
+    args: Optional[Tuple[Any, ...]],
+) -> Optional[Tensor]:
+    """One forward of ``n_units`` stacked copies of a ``rows``-example batch.
+
+    Returns the outputs as ``(n_units, rows, ...)``, or None when the output has no block of
+    ``rows`` per copy: the forward aggregates over the batch, and the caller falls back to
+    evaluating its reference alone first (as in Captum; this forward is then spent). An output
+    with exactly ``n_units * rows`` leading entries is read as one block per copy.
+    """
+    expect_forwards(1)
+    out = forward_tensor(forward_func, batch, expand_target(target, n_units), expand_args(args, n_units))
+    if out.dim() == 0 or out.shape[0] != n_units * rows:
+        return None
+    return out.reshape((n_units, rows) + tuple(out.shape[1:]))
+
+
+@lru_cache(maxsize=32)
+def _one_scalar_each(n: int, device: torch.device) -> Tensor:
+    sel = torch.zeros(n + 1, 1, n, dtype=torch.bool, device=device)
+    sel[1:, 0].fill_diagonal_(True)
+    return sel
+
+
+def one_scalar_each(n: int, device: torch.device) -> Tensor:
+    """``(n + 1, 1, n)`` bool: copy 0 selects nothing, copy ``1 + i`` scalar ``i`` (the default
+    feature mask of one input, with the unperturbed copy first). Cached up to 1024 scalars."""
+    if n <= 1024:
+        return _one_scalar_each(n, device)
+    return _one_scalar_each.__wrapped__(n, device)
+
+
+def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:
+    """``n + 1`` stacked copies of ``x`` (n scalars per example): copy 0 as it is, copy ``1 + i``
+    with scalar ``i`` taken from ``replacement`` (a number, a tensor shaped like ``x``, or one
+    such tensor per copy, ``(n + 1, *x.shape)``)."""
+    b, inner = x.shape[0], tuple(x.shape[1:])
+    n = x[0].numel()
+    if isinstance(replacement, Tensor):
+        replacement = replacement.reshape(-1, b, n)
+    out = select(one_scalar_each(n, x.device), replacement, x.reshape(1, b, n))
+    return out.reshape(((n + 1) * b,) + inner)
+
+
+def per_scalar_attributions(outs: Tensor, input_shape: Sequence[int]) -> Tensor:
+    """``f(x) - f(copy 1 + i)`` spread onto scalar ``i``, from the ``(n + 1, *out_shape)``
+    outputs of a ``per_scalar_batch``: shape ``(outputs, *input_shape[1:])``."""
+    diffs = outs[0:1] - outs[1:]
+    return spread_per_scalar(diffs, input_shape).reshape((-1,) + tuple(input_shape[1:]))
+
+
+def spread_per_scalar(values: Tensor, input_shape: Sequence[int]) -> Tensor:
+    """``values_to_inputs`` for the default feature mask of one input (feature ``i`` is scalar
+    ``i``): ``(F, *out_shape)`` -> ``(*out_shape, *input_shape[1:])`` with no index."""
+    flat = values.reshape(values.shape[0], -1)  # (F, O)
+    return flat.transpose(0, 1).reshape(tuple(values.shape[1:]) + tuple(input_shape[1:]))
+
+
 def values_to_inputs(values: Tensor, mask_index: Tensor, out_shape: Sequence[int], input_shape: Sequence[int]) -> Tensor:
     """Spread per-feature values onto input positions.
 
@@ -153,6 +266,6 @@ def ablate_with_masks(
     x: Tensor, replacement: Tensor, masks: Tensor
 ) -> Tensor:
     """Stack ``n`` perturbed copies: ``masks`` (n, 1 or B, ...) bool picks ``replacement`` over ``x``."""
-    out = torch.where(masks, replacement.unsqueeze(0), x.unsqueeze(0))
+    out = select(masks, replacement.unsqueeze(0), x.unsqueeze(0))
     n = masks.shape[0]
     return out.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:]))

@@ -24,8 +24,11 @@ import math
 from functools import lru_cache
 from typing import List, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .inputs import float64_array
 
 
 @lru_cache(maxsize=64)
@@ -245,30 +248,23 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     ``phi.sum(-1) == y[:, 0] - y[:, 1]`` exactly. Writing ``phi = delta / M + u`` with
     ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
     ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
-    (then the design is just ``z Q``) and the normal equations are solved by Cholesky; a
-    rank-deficient or ill-conditioned design (a budget below ``M``), or more features, goes
-    through the pseudo-inverse (minimum-norm). Either way one factorisation
-    serves all examples. ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
+    (then the design is just ``z Q``: ``_fit_in_basis``), more go through the pseudo-inverse of
+    the centred design (minimum-norm). Either way one factorisation serves all examples.
+    ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
     """
+    m = z.shape[-1]
+    if 2 <= m <= 256:
+        full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
+        phi = _fit_in_basis(*(float64_array(t) for t in (z, w, y)), full_rank_possible)
+        return torch.from_numpy(phi).to(y.device)
     z = z.to(torch.float64)
     y = y.to(torch.float64)
     w = w.to(torch.float64)
-    m = z.shape[-1]
     k = z.sum(-1)
     v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
     if m < 2:
         return delta.expand(y.shape[0], m).clone()
     resid = y - v0 - delta * (k / m)  # (G, S)
-    # fewer coalitions (or directions) than unknowns: surely rank-deficient
-    if m <= 256 and z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1):
-        q = _sum_zero_basis(m).to(z.device)
-        a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
-        aw = a * w[:, None]
-        chol, info = torch.linalg.cholesky_ex(a.transpose(0, 1) @ aw)
-        diag = chol.diagonal()
-        if int(info) == 0 and bool(diag.min() > 1e-6 * diag.max()):
-            v = torch.cholesky_solve((resid @ aw).transpose(0, 1), chol)  # (M-1, G)
-            return delta / m + (q @ v).transpose(0, 1)
     sw = w.sqrt()
     a = sw[:, None] * (z - k[:, None] / m)  # (S, M)
     b = (resid * sw).transpose(0, 1)  # (S, G)
@@ -276,3 +272,41 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     # paired coalitions make exactly collinear rows: a relative cut-off well above rounding
     u = torch.linalg.pinv(a, rtol=1e-10) @ b
     return delta / m + u.transpose(0, 1)
+
+
+@lru_cache(maxsize=16)
+def _sum_zero_basis_array(m: int) -> np.ndarray:
+    """``_sum_zero_basis`` as a NumPy array (cached: read-only, never handed out)."""
+    q = _sum_zero_basis(m).numpy().copy()
+    q.flags.writeable = False
+    return q
+
+
+def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: bool) -> np.ndarray:
+    """``constrained_fit`` for 2 to 256 features, in float64 NumPy: the normal equations of the
+    design in the sum-zero basis, ``(M - 1)``-square, solved directly where their Cholesky
+    factor shows them well-conditioned; a rank-deficient or
+    ill-conditioned one (a budget below ``M``) gets the minimum-norm solution from their
+    eigendecomposition, leaving out directions below 1e-12 of the largest eigenvalue (1e-6 of
+    the design's largest singular value). NumPy because at these sizes the per-operation cost of
+    torch, not the arithmetic, is the time (a few microseconds against one).
+    """
+    m = z.shape[1]
+    v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
+    resid = y - v0 - delta * (z.sum(1) / m)  # (G, S)
+    q = _sum_zero_basis_array(m)
+    a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
+    aw = a * w[:, None]
+    gram, rhs = a.T @ aw, aw.T @ resid.T  # (M-1, M-1), (M-1, G)
+    if try_cholesky:
+        try:
+            chol = np.linalg.cholesky(gram)
+        except np.linalg.LinAlgError:
+            chol = None
+        if chol is not None and np.diagonal(chol).min() > 1e-6 * np.diagonal(chol).max():
+            return delta / m + (q @ np.linalg.solve(gram, rhs)).T
+    lam, vec = np.linalg.eigh(gram)
+    inv = np.zeros_like(lam)
+    keep = lam > 1e-12 * lam[-1]
+    inv[keep] = 1.0 / lam[keep]
+    return delta / m + (q @ (vec @ (inv[:, None] * (vec.T @ rhs)))).T

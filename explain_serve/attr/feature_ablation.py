@@ -30,8 +30,12 @@ from .._core.perturbation import (
     ablate_with_masks,
     check_per_eval,
     evaluate_chunks,
+    fits_one_forward,
     format_masks,
     forward_tensor,
+    forward_units,
+    per_scalar_attributions,
+    per_scalar_batch,
     is_aggregate,
     values_to_inputs,
 )
@@ -93,8 +97,15 @@ class FeatureAblation(PerturbationAttribution):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
-        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
+        if feature_mask is None and self._lean_applies(inputs, perturbations_per_eval):
+            if baselines is None or isinstance(baselines, (int, float)):
+                replacement = 0 if baselines is None else baselines
+            else:
+                replacement = tensorize_baselines(format_baselines(baselines, inputs), inputs)[0]
+            if not isinstance(replacement, Tensor) or replacement.dtype == inputs[0].dtype:
+                return format_output(was_tuple, (self._lean(inputs[0], replacement, target, args),))
+        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         masks = format_masks(feature_mask, inputs)
         feats = self._default_feature_ids(inputs) if feature_mask is None else None
         attrs = self._ablation_attributions(
@@ -102,44 +113,49 @@ class FeatureAblation(PerturbationAttribution):
         )
         return format_output(was_tuple, attrs)
 
+    # the common case: one input, default feature mask, one forward ------------------------
+    @staticmethod
+    def _lean_applies(inputs, per_eval) -> bool:
+        """One floating-point input whose copies (one per scalar, and the input) fit one forward."""
+        return (len(inputs) == 1 and inputs[0].dim() > 0 and inputs[0].is_floating_point()
+                and fits_one_forward(per_eval, inputs[0][0].numel() + 1, inputs))
+
+    def _lean(self, x: Tensor, replacement, target, args) -> Tensor:
+        """Default-mask attributions of one input from one forward (the input and one copy per
+        scalar with that scalar replaced: ``per_scalar_batch``), with no mask or feature-id
+        bookkeeping. An aggregating forward goes on to the general path with the same copies."""
+        batch = per_scalar_batch(x, replacement)
+        rows = x.shape[0]
+        outs = forward_units(self.forward_func, (batch,), batch.shape[0] // rows, rows, target, args)
+        if outs is not None:
+            return per_scalar_attributions(outs, x.shape)
+        build = lambda sl, *_: (batch[(sl.start + 1) * rows:(sl.stop + 1) * rows],)  # noqa: E731
+        return self._ablation_attributions(
+            (x,), (None,), format_masks(None, (x,)), target, args, None, build,
+            self._default_feature_ids((x,)), one_forward=False,
+        )[0]
+
     def attribute_future(self, *args: Any, **kwargs: Any):
         """``attribute`` for a forward that returns ``torch.futures.Future``; returns a Future."""
         return attribute_as_future(self, *args, **kwargs)
 
-    def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None, partial=False):
-        """``partial``: ``feats`` leaves out some feature ids of the masks (their attribution is 0)."""
-        num_examples = inputs[0].shape[0]
-        initial = forward_tensor(self.forward_func, inputs, target, args)
-        agg = is_aggregate(initial, num_examples)
-        if agg:
-            if any(m.shape[0] != 1 for m in masks):
-                raise AttributionArgumentError(
-                    "Cannot provide different masks for each example when function returns a scalar."
-                )
-            if per_eval is not None and per_eval > 1:
-                raise AttributionArgumentError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
-            per_eval = 1
+    def _ablation_attributions(self, inputs, baselines, masks, target, args, per_eval, build, feats=None, partial=False,
+                               one_forward=True):
+        """``partial``: ``feats`` leaves out some feature ids of the masks (their attribution is 0);
+        ``one_forward=False``: the forward is known to aggregate, evaluate ``f(x)`` alone first."""
         if feats is None:
             feats = self._feature_ids(masks)
         n_feat = int(feats.numel())
-        out_shape = initial.shape
-        diffs = []
-        for sl, out in evaluate_chunks(
-            self.forward_func,
-            lambda sl: build(sl, feats, inputs, baselines, masks),
-            n_feat,
-            per_eval,
-            out_shape,
-            target,
-            args,
-            inputs,
-        ):
-            diffs.append(initial.unsqueeze(0) - out)
-        n_out = initial.numel()
-        if n_feat:
-            diffs = torch.cat(diffs, 0)  # (F, *out_shape)
-        else:
-            diffs = initial.new_zeros((0,) + tuple(out_shape))
+        diffs, ablated = None, None
+        if one_forward:
+            diffs, ablated = self._diffs_in_one_forward(inputs, baselines, masks, target, args, per_eval, build, feats)
+        if diffs is None:
+            if ablated is not None:  # built already (random permutations drawn): evaluate those
+                rows = inputs[0].shape[0]
+                build = lambda sl, *_: tuple(a[sl.start * rows:sl.stop * rows] for a in ablated)  # noqa: E731
+            diffs = self._diffs(inputs, baselines, masks, target, args, per_eval, build, feats)
+        out_shape = diffs.shape[1:]
+        n_out = out_shape.numel()
         attrs = []
         sorted_feats, order = torch.sort(feats)
         if partial:  # positions of features not evaluated read an extra row of zeros
@@ -153,3 +169,43 @@ class FeatureAblation(PerturbationAttribution):
             a = values_to_inputs(diffs, rank, out_shape, x.shape)
             attrs.append(a.reshape((n_out,) + tuple(x.shape[1:])))
         return tuple(attrs)
+
+    def _diffs_in_one_forward(self, inputs, baselines, masks, target, args, per_eval, build, feats):
+        """``f(x) - f(x with g ablated)`` (F, *out_shape) from one forward holding the unperturbed
+        batch and every ablation, with the ablated inputs; None where that does not apply
+        (``fits_one_forward``, a baseline of another dtype; the ablated inputs are also None
+        then) or the forward aggregates the batch."""
+        n_feat = int(feats.numel())
+        if not fits_one_forward(per_eval, n_feat + 1, inputs) or any(
+                b is not None and b.dtype != x.dtype for x, b in zip(inputs, baselines)):
+            return None, None
+        ablated = build(slice(0, n_feat), feats, inputs, baselines, masks)
+        batch = tuple(torch.cat([x, a]) for x, a in zip(inputs, ablated))
+        outs = forward_units(self.forward_func, batch, n_feat + 1, inputs[0].shape[0], target, args)
+        return (None if outs is None else outs[0:1] - outs[1:]), ablated
+
+    def _diffs(self, inputs, baselines, masks, target, args, per_eval, build, feats):
+        """``f(x) - f(x with g ablated)`` (F, *out_shape): ``f(x)`` alone first (it tells an
+        aggregating forward apart), then the ablations in chunks."""
+        num_examples = inputs[0].shape[0]
+        initial = forward_tensor(self.forward_func, inputs, target, args)
+        if is_aggregate(initial, num_examples):
+            if any(m.shape[0] != 1 for m in masks):
+                raise AttributionArgumentError(
+                    "Cannot provide different masks for each example when function returns a scalar."
+                )
+            if per_eval is not None and per_eval > 1:
+                raise AttributionArgumentError("Cannot have perturbations_per_eval > 1 when function returns scalar.")
+            per_eval = 1
+        out_shape = initial.shape
+        diffs = [initial.unsqueeze(0) - out for _, out in evaluate_chunks(
+            self.forward_func,
+            lambda sl: build(sl, feats, inputs, baselines, masks),
+            int(feats.numel()),
+            per_eval,
+            out_shape,
+            target,
+            args,
+            inputs,
+        )]
+        return torch.cat(diffs, 0) if diffs else initial.new_zeros((0,) + tuple(out_shape))

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._core.inputs import as_tuple, format_args, format_output, is_tuple
 from .._core.progress import shows_progress
 from .._core.targets import TargetType
-from .._core.perturbation import check_per_eval, format_masks
+from .._core.perturbation import check_per_eval, format_masks, select
 from .feature_ablation import FeatureAblation
 from .._core.errors import AttributionArgumentError
 
@@ -37,6 +37,19 @@ def _random_permutation(n: int, device=None, identity: Optional[Tensor] = None) 
     while torch.equal(perm, identity):
         perm = torch.randperm(n)
     return perm.to(device) if device is not None else perm
+
+
+def _random_permutations(n: int, count: int) -> Tensor:
+    """``count`` draws of ``_random_permutation(n)`` stacked ``(count, n)``, from the same random
+    stream: drawn at once and checked with one comparison; only if one drew the identity are
+    they drawn again one by one (Captum redraws that one at once)."""
+    identity = torch.arange(n)
+    state = torch.get_rng_state()
+    perms = torch.stack([torch.randperm(n) for _ in range(count)]) if count else identity.new_zeros((0, n))
+    if bool((perms == identity).all(1).any()):
+        torch.set_rng_state(state)
+        perms = torch.stack([_random_permutation(n, identity=identity) for _ in range(count)])
+    return perms
 
 
 class FeaturePermutation(FeatureAblation):
@@ -105,7 +118,7 @@ class FeaturePermutation(FeatureAblation):
             sel = m.unsqueeze(0) == torch.tensor(ids, device=m.device).view((-1,) + (1,) * m.dim())
             rows = torch.cat(perms[i]) if n else identities[i][:0]
             shuffled = x[rows.to(x.device)].reshape((n,) + tuple(x.shape))
-            out.append(torch.where(sel, shuffled, x.unsqueeze(0)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
+            out.append(select(sel, shuffled, x.unsqueeze(0)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
         return tuple(out)
 
     @shows_progress
@@ -124,6 +137,15 @@ class FeaturePermutation(FeatureAblation):
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
         args = format_args(additional_forward_args)
+        if (feature_mask is None and self.perm_func is _permute_feature
+                and self._lean_applies(inputs, perturbations_per_eval)
+                and inputs[0].shape[0] >= max(2, self._min_examples_per_batch_grouped or 0)):
+            # one input, default masks: every scalar shuffled by its own permutation, one forward
+            x = inputs[0]
+            b = x.shape[0]
+            rows = torch.cat([torch.arange(b), _random_permutations(b, x[0].numel()).reshape(-1)])
+            shuffled = x[rows.to(x.device)].reshape((-1,) + tuple(x.shape))
+            return format_output(was_tuple, (self._lean(x, shuffled, target, args),))
         masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
         feats = self._default_feature_ids(inputs) if feature_mask is None else self._feature_ids(masks)

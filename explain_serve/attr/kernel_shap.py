@@ -112,15 +112,17 @@ class KernelShap(Lime):
     def _batched_similarity(self):
         if self.similarity_func != self.kernel_shap_similarity_kernel:
             return super()._batched_similarity()
-        # the kernel weights depend on the whole design; _fit computes them
+        # the kernel weights depend on the whole design; _fit_design computes them
         return lambda orig, pert, z, per_example: torch.ones(z.shape[:2], dtype=torch.float64, device=z.device)
 
-    def _fit(self, x: Tensor, y: Tensor, w: Tensor) -> Tensor:
+    def _similarity_weighted(self) -> bool:
+        return not self._default_estimator()
+
+    def _fit_design(self, z: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
         if not self._default_estimator():
-            return super()._fit(x, y, w)
-        z = x[0]  # one design for every example, already float64 (0/1)
-        bound = design_rank_bound(z.shape[1], z.shape[0])
-        phi = constrained_fit(z, kernel_weights(z.bool()), y, rank_bound=bound)
+            return super()._fit_design(z, y, weights)
+        bound = design_rank_bound(z.shape[1], z.shape[0])  # one design for every example
+        phi = constrained_fit(z, kernel_weights(z), y, rank_bound=bound)
         model = self.interpretable_model
         model.coef_, model.intercept_ = phi, y[:, 1]
         return phi

@@ -18,12 +18,14 @@ import math
 import warnings
 from typing import Any, Callable, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from .._core.inputs import (
     as_tuple,
+    float64_array,
     format_args,
     format_baselines,
     format_output,
@@ -34,14 +36,24 @@ from .._core.inputs import (
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
 from .._core.progress import shows_progress
-from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, values_to_inputs
+from .._core.perturbation import (
+    check_per_eval,
+    evaluate_chunks,
+    fits_one_forward,
+    format_masks,
+    forward_tensor,
+    forward_units,
+    select,
+    spread_per_scalar,
+    values_to_inputs,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # interpretable model
 # --------------------------------------------------------------------------------------------
 class InterpretableLinearModel:
-    """Weighted least squares with an optional ridge penalty, solved in torch (no sklearn).
+    """Weighted least squares with an optional ridge penalty, solved in NumPy (no sklearn).
 
     Minimises ``sum_i w_i (y_i - b - z_i . c)^2 / sum_i w_i + alpha * |c|^2`` (the intercept
     ``b`` is not penalised). Solved as one (batched) least-squares problem in float64 with the
@@ -64,43 +76,55 @@ class InterpretableLinearModel:
         self.fit_tensors(x, y, w)
 
     def fit_tensors(self, x: Tensor, y: Tensor, w: Optional[Tensor] = None) -> Tensor:
-        """Fit ``x`` (…, S, F), ``y`` (…, S), ``w`` (…, S); returns coefficients (…, F)."""
+        """Fit ``x`` (…, S, F), ``y`` (…, S), ``w`` (…, S); returns coefficients (…, F).
+
+        Solved in float64 NumPy on the CPU: the systems are ``(F + 1)``-square, where torch's
+        per-operation cost, not the arithmetic, would be the time."""
         dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
-        x = x.to(torch.float64)
-        y = y.to(torch.float64).reshape(x.shape[:-1])
-        w = torch.ones_like(y) if w is None else w.to(torch.float64).reshape(y.shape)
-        s = torch.sqrt(w / w.sum(-1, keepdim=True).clamp_min(1e-300)).unsqueeze(-1)
+        device = y.device
+        x = float64_array(x)
+        y = float64_array(y).reshape(x.shape[:-1])
+        w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
+        s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
         n_feat = x.shape[-1]
-        design = torch.cat([x, torch.ones_like(x[..., :1])], -1) if self.fit_intercept else x
+        design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
         a = design * s
-        b = y.unsqueeze(-1) * s
+        b = y[..., None] * s
         sol = self._normal_equations(a, b, n_feat)
         if sol is None:
             sol = self._pinv_solve(a, b, n_feat)
-        self.coef_ = sol[..., :n_feat].to(dtype)
-        self.intercept_ = sol[..., n_feat].to(dtype) if self.fit_intercept else torch.zeros_like(sol[..., 0]).to(dtype)
+        sol = torch.from_numpy(sol).to(device=device, dtype=dtype)
+        self.coef_ = sol[..., :n_feat]
+        self.intercept_ = sol[..., n_feat] if self.fit_intercept else torch.zeros_like(sol[..., 0])
         return self.coef_
 
-    def _normal_equations(self, a: Tensor, b: Tensor, n_feat: int) -> Optional[Tensor]:
-        """The fast path: Cholesky of ``a'a + alpha I`` (None if that is singular or ill-conditioned)."""
-        gram = a.transpose(-1, -2) @ a
+    def _normal_equations(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> Optional[np.ndarray]:
+        """The fast path: the normal equations ``a'a + alpha I`` (None if their Cholesky factor
+        shows them singular or ill-conditioned)."""
+        at = np.swapaxes(a, -1, -2)
+        gram = at @ a
         if self.alpha > 0:
-            gram.diagonal(dim1=-2, dim2=-1)[..., :n_feat] += self.alpha
-        chol, info = torch.linalg.cholesky_ex(gram)
-        diag = chol.diagonal(dim1=-2, dim2=-1)
-        ok = (info == 0) & (diag.min(-1).values > 1e-6 * diag.max(-1).values)  # one sync, not two
-        if not bool(ok.all()):
+            idx = np.arange(n_feat)
+            gram[..., idx, idx] += self.alpha
+        try:
+            chol = np.linalg.cholesky(gram)
+        except np.linalg.LinAlgError:
             return None
-        return torch.cholesky_solve(a.transpose(-1, -2) @ b, chol).squeeze(-1)
+        diag = np.diagonal(chol, axis1=-2, axis2=-1)
+        if not (diag.min(-1) > 1e-6 * diag.max(-1)).all():
+            return None
+        return np.linalg.solve(gram, at @ b)[..., 0]
 
-    def _pinv_solve(self, a: Tensor, b: Tensor, n_feat: int) -> Tensor:
+    def _pinv_solve(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> np.ndarray:
         """Minimum-norm least squares (rank-deficient designs: fewer samples than features)."""
         if self.alpha > 0:
-            pen = torch.zeros(a.shape[-1], a.shape[-1], dtype=a.dtype, device=a.device)
+            pen = np.zeros((a.shape[-1], a.shape[-1]))
             pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
-            a = torch.cat([a, pen.expand(a.shape[:-2] + pen.shape)], -2)
-            b = torch.cat([b, b.new_zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
-        return (torch.linalg.pinv(a) @ b).squeeze(-1)
+            a = np.concatenate([a, np.broadcast_to(pen, a.shape[:-2] + pen.shape)], -2)
+            b = np.concatenate([b, np.zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
+        # torch.linalg.pinv's default cut-off: machine epsilon times the larger dimension
+        rcond = np.finfo(np.float64).eps * max(a.shape[-2:])
+        return (np.linalg.pinv(a, rcond=rcond) @ b)[..., 0]
 
     def representation(self) -> Tensor:
         if self.coef_ is None:
@@ -116,6 +140,15 @@ class InterpretableLinearModel:
 # --------------------------------------------------------------------------------------------
 def _flatten_tuple(t) -> Tensor:
     return torch.cat([x.reshape(-1) for x in as_tuple(t)])
+
+
+def _total(parts) -> Tensor:
+    """``sum`` of tensors without the leading ``0 +`` (one op fewer per call)."""
+    parts = iter(parts)
+    out = next(parts)
+    for p in parts:
+        out = out + p
+    return out
 
 
 def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_width: float = 1.0) -> Callable:
@@ -142,13 +175,13 @@ def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_wid
         red = (lambda t: t.reshape(t.shape[0], t.shape[1], -1).sum(-1)) if per_example else (
             lambda t: t.reshape(t.shape[0], -1).sum(-1, keepdim=True))
         if distance_mode == "cosine":
-            dot = sum(red(p * o.unsqueeze(0)) for o, p in zip(original, perturbed))
-            n_o = sum(red((o * o).unsqueeze(0)) for o in original)
-            n_p = sum(red(p * p) for p in perturbed)
+            dot = _total(red(p * o) for o, p in zip(original, perturbed))
+            n_o = _total(red((o * o).unsqueeze(0)) for o in original)
+            n_p = _total(red(p * p) for p in perturbed)
             eps = 1e-8
             d = 1 - dot / (n_o.sqrt().clamp_min(eps) * n_p.sqrt().clamp_min(eps))
         else:
-            d = sum(red((p - o.unsqueeze(0)) ** 2) for o, p in zip(original, perturbed)).sqrt()
+            d = _total(red((p - o) ** 2) for o, p in zip(original, perturbed)).sqrt()
         return torch.exp(-(d**2) / (2 * kernel_width**2))
 
     default_exp_kernel.batched = batched  # type: ignore[attr-defined]
@@ -360,41 +393,50 @@ class Lime(LimeBase):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
-        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        zeros = baselines is None  # the default baselines stay the number 0 (select takes numbers)
+        baselines = (tuple(0 for _ in inputs) if zeros
+                     else tensorize_baselines(format_baselines(baselines, inputs), inputs))
         args = format_args(additional_forward_args)
-        raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
-        # the default masks are already in format_masks' form
-        masks = raw_masks if feature_mask is None else format_masks(raw_masks, inputs)
+        one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f: no mask
+        if one_scalar_each:
+            raw_masks, n_feat = None, inputs[0][0:1].numel()
+            masks = (None,)
+        else:
+            raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
+            # the default masks are already in format_masks' form
+            masks = raw_masks if feature_mask is None else format_masks(raw_masks, inputs)
         if n_feat > 10000:
             warnings.warn("Constructing an interpretable model with > 10000 features; group features with "
                           "a feature_mask.", stacklevel=2)
         bsz = inputs[0].shape[0]
-        test = forward_tensor(self.forward_func, inputs, target, args)
-        per_eval = perturbations_per_eval
-        if bsz > 1 and test.numel() == bsz:
-            groups = bsz  # one surrogate per example
-        elif test.numel() == 1:
-            groups = 1
-            if bsz > 1:
-                if per_eval is not None and per_eval > 1:
-                    raise AssertionError("Perturbations per eval must be 1 when forward function returns single value per batch!")
-                per_eval = 1
-        else:
-            raise AssertionError("Invalid number of outputs, forward function should return a scalar per example "
-                                 "or a scalar per input batch.")
-        out_dtype = test.dtype if test.is_floating_point() else torch.get_default_dtype()
-
         sampler, sim = self._sampler(), self._batched_similarity()
-        if (sampler is not None and sim is not None and self.perturb_interpretable_space
-                and self.from_interp_rep_transform is default_from_interp_rep_transform):
-            coefs = self._vectorized(inputs, baselines, masks, n_feat, groups, n_samples, test,
-                                     target, args, per_eval, sampler, sim)
-        else:
-            coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
-                                     target, args, per_eval, was_tuple)
-        coefs = coefs.to(out_dtype)
+        vectorized = (sampler is not None and sim is not None and self.perturb_interpretable_space
+                      and self.from_interp_rep_transform is default_from_interp_rep_transform)
+        coefs = test = None
+        if vectorized:
+            z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
+            test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
+                                                          perturbations_per_eval, sim, one_scalar_each)
+        if coefs is None:
+            test = forward_tensor(self.forward_func, inputs, target, args)
+            groups, per_eval = self._groups(test, bsz, perturbations_per_eval)
+            if vectorized:
+                coefs = self._vectorized(inputs, baselines, masks, z, groups, test.shape, target, args, per_eval, sim,
+                                         one_scalar_each)
+            else:
+                if zeros:
+                    baselines = tensorize_baselines(format_baselines(None, inputs), inputs)
+                if raw_masks is None:
+                    raw_masks = construct_feature_mask(None, inputs)[0]
+                coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
+                                         target, args, per_eval, was_tuple)
+        groups = coefs.shape[0]
+        coefs = coefs.to(test.dtype if test.is_floating_point() else torch.get_default_dtype())
         if not return_input_shape:
             return coefs
+        if one_scalar_each:
+            out = coefs.reshape(1, n_feat) if groups == 1 else coefs
+            return format_output(was_tuple, (spread_per_scalar(out.transpose(0, 1), inputs[0].shape),))
         attrs = []
         for x, m in zip(inputs, masks):
             if groups == 1:
@@ -404,36 +446,94 @@ class Lime(LimeBase):
             attrs.append(a)
         return format_output(was_tuple, tuple(attrs))
 
-    def _vectorized(self, inputs, baselines, masks, n_feat, groups, n_samples, test, target, args,
-                    per_eval, sampler, sim):
+    @staticmethod
+    def _groups(test: Tensor, bsz: int, per_eval: Optional[int]) -> Tuple[int, Optional[int]]:
+        """Surrogates to fit (one per example, or one for a forward that aggregates the batch)
+        and the perturbations per forward, from the forward's output on the inputs."""
+        if bsz > 1 and test.numel() == bsz:
+            return bsz, per_eval
+        if test.numel() == 1:
+            if bsz > 1:
+                if per_eval is not None and per_eval > 1:
+                    raise AssertionError("Perturbations per eval must be 1 when forward function returns single value per batch!")
+                per_eval = 1
+            return 1, per_eval
+        raise AssertionError("Invalid number of outputs, forward function should return a scalar per example "
+                             "or a scalar per input batch.")
+
+    def _sample_builder(self, inputs, baselines, masks, z: Tensor, groups: int, sim, weights: Tensor,
+                        one_scalar_each: bool = False):
+        """``build(sl)``: the inputs of samples ``sl`` of ``z`` (S, F) (feature kept where True),
+        their similarities written to ``weights[sl]`` (S, G) unless None. ``one_scalar_each``: one input with
+        the default mask (feature f is its scalar f: no mask indexing)."""
         bsz = inputs[0].shape[0]
-        device = inputs[0].device
-        z = sampler(groups, n_samples, n_feat, device)  # (G, S, F) bool
-        n_samples = z.shape[1]
-        weights = torch.empty((n_samples, groups), dtype=torch.float64, device=device)
         per_example = groups > 1
 
         def build(sl: slice):
-            zc = z[:, sl].transpose(0, 1)  # (n, G, F)
-            n = zc.shape[0]
+            zs = z[sl]
+            n = zs.shape[0]
+            zc = zs.unsqueeze(1).expand(-1, groups, -1)  # (n, G, F)
             perturbed = []
             for x, b, m in zip(inputs, baselines, masks):
-                idx = m.reshape(m.shape[0], -1)  # (Bm, P)
-                if groups == 1:
+                if one_scalar_each:  # the same draw for every example: broadcast over the batch
+                    keep = zs.reshape((n, 1) + tuple(x.shape[1:]))
+                elif groups == 1:
+                    idx = m.reshape(m.shape[0], -1)  # (Bm, P)
                     keep = zc[:, 0][:, idx[0 if idx.shape[0] == 1 else slice(None)]]  # (n, P) or (n, B, P)
                     keep = keep.reshape((n, idx.shape[0] if idx.shape[0] > 1 else 1) + tuple(x.shape[1:]))
                 else:
+                    idx = m.reshape(m.shape[0], -1)  # (Bm, P)
                     keep = torch.gather(zc, 2, idx.unsqueeze(0).expand(n, bsz, idx.shape[1]))
                     keep = keep.reshape((n, bsz) + tuple(x.shape[1:]))
-                perturbed.append(torch.where(keep, x.unsqueeze(0), b.unsqueeze(0)))
+                perturbed.append(select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b))
             perturbed = [p.expand((p.shape[0],) + tuple(x.shape)) for p, x in zip(perturbed, inputs)]
-            weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
+            if weights is not None:
+                weights[sl] = sim(inputs, perturbed, zc, per_example).to(torch.float64).reshape(n, groups)
             return tuple(p.reshape((n * x.shape[0],) + tuple(x.shape[1:])) for p, x in zip(perturbed, inputs))
 
-        outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, test.shape,
+        return build
+
+    def _vectorized_in_one_forward(self, inputs, baselines, masks, z, target, args, per_eval, sim,
+                                   one_scalar_each=False):
+        """``(f(inputs), coefficients)`` from one forward holding the inputs (as the sample that
+        keeps every feature) and every sample, one surrogate per example; ``(None, None)``
+        where that does not apply (``fits_one_forward``) or the forward aggregates the batch."""
+        n_samples, n_feat = z.shape
+        bsz = inputs[0].shape[0]
+        if not fits_one_forward(per_eval, n_samples + 1, inputs):
+            return None, None
+        weights = (torch.empty((n_samples + 1, bsz), dtype=torch.float64, device=z.device)
+                   if self._similarity_weighted() else None)
+        zz = torch.cat([z.new_ones(1, n_feat), z])
+        build = self._sample_builder(inputs, baselines, masks, zz, bsz, sim, weights, one_scalar_each)
+        outs = forward_units(self.forward_func, build(slice(0, n_samples + 1)), n_samples + 1, bsz, target, args)
+        if outs is None:
+            return None, None
+        test = outs[0]
+        self._groups(test, bsz, per_eval)  # one scalar per example, or the error
+        y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
+        return test, self._fit_design(z, y, None if weights is None else weights[1:])
+
+    def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim,
+                    one_scalar_each=False):
+        n_samples, n_feat = z.shape
+        weights = (torch.empty((n_samples, groups), dtype=torch.float64, device=z.device)
+                   if self._similarity_weighted() else None)
+        build = self._sample_builder(inputs, baselines, masks, z, groups, sim, weights, one_scalar_each)
+        outs = [out for _, out in evaluate_chunks(self.forward_func, build, n_samples, per_eval, out_shape,
                                                    target, args, inputs)]
         y = torch.cat(outs, 0).reshape(n_samples, groups).transpose(0, 1)
-        return self._fit(z.to(torch.float64), y, weights.transpose(0, 1))
+        return self._fit_design(z, y, weights)
+
+    def _similarity_weighted(self) -> bool:
+        """Whether the fit uses the similarity of each sample (else the builder skips it)."""
+        return True
+
+    def _fit_design(self, z: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
+        """Fit the surrogates of ``y`` (G, S) on the design ``z`` (S, F) bool shared by every
+        example, weighted by the similarities ``weights`` (S, G); coefficients (G, F)."""
+        g, (n_samples, n_feat) = y.shape[0], z.shape
+        return self._fit(z.expand(g, n_samples, n_feat), y, weights.transpose(0, 1))
 
     def _per_sample(self, inputs, baselines, raw_masks, n_feat, groups, n_samples, target, args, per_eval,
                     was_tuple):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,7 +35,18 @@ from .._core.targets import TargetType
 from ._base import PerturbationAttribution
 from .._core.futures import attribute_as_future
 from .._core.progress import shows_progress
-from .._core.perturbation import check_per_eval, evaluate_chunks, format_masks, forward_tensor, is_aggregate, values_to_inputs
+from .._core.perturbation import (
+    check_per_eval,
+    evaluate_chunks,
+    fits_one_forward,
+    format_masks,
+    forward_tensor,
+    forward_units,
+    is_aggregate,
+    select,
+    spread_per_scalar,
+    values_to_inputs,
+)
 
 
 def antithetic_permutations(n: int, n_feat: int) -> Tensor:
@@ -51,6 +63,26 @@ def antithetic_permutations(n: int, n_feat: int) -> Tensor:
         halves.append((q * torch.sign(torch.diagonal(r))).T.argsort(-1))
     half = torch.cat(halves) if halves else torch.zeros(0, n_feat, dtype=torch.long)
     return torch.stack([half, half.flip(-1)], 1).reshape(-1, n_feat)[:n]
+
+
+@lru_cache(maxsize=32)
+def _empty_and_full(n_feat: int, device: torch.device) -> Tensor:
+    """Presence rows of v(empty) (the baseline) and v(full) (the input), units 0 and 1."""
+    return torch.tensor([[False], [True]], device=device).expand(2, n_feat)
+
+
+def _walk_rows(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
+    """``(S, F + 1)`` unit of each step of each walk among ``[empty, full, inner...]``: 0, then
+    walk ``s``'s ``F - 1`` inner coalitions, then 1 (cached up to 2^16 entries)."""
+    if n_samples * (n_feat + 1) <= 1 << 16:
+        return _walk_rows_cached(n_samples, n_feat, device)
+    return _walk_rows_cached.__wrapped__(n_samples, n_feat, device)
+
+
+@lru_cache(maxsize=32)
+def _walk_rows_cached(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
+    inner = torch.arange(2, 2 + n_samples * (n_feat - 1), device=device).reshape(n_samples, n_feat - 1)
+    return torch.cat([inner.new_zeros(n_samples, 1), inner, inner.new_ones(n_samples, 1)], 1)
 
 
 class ShapleyValueSampling(PerturbationAttribution):
@@ -90,13 +122,27 @@ class ShapleyValueSampling(PerturbationAttribution):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
+        zeros = tuple(0 for _ in inputs) if baselines is None else None  # default baselines, as numbers
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         masks = format_masks(feature_mask, inputs)
         num_examples = inputs[0].shape[0]
-        n_feat = int(max(int(m.max()) for m in masks if m.numel())) + 1
+        n_feat = (sum(x[0:1].numel() for x in inputs) if feature_mask is None
+                  else int(max(int(m.max()) for m in masks if m.numel())) + 1)
 
         with torch.no_grad():
+            perms = None
+            if not exact:
+                perms = antithetic_permutations(n_samples, n_feat).to(inputs[0].device)  # (S, F)
+                one_scalar_each = feature_mask is None and len(inputs) == 1  # feature i is scalar i
+                phi = self._sampled_in_one_forward(inputs, zeros or baselines, masks, perms, target, args,
+                                                   perturbations_per_eval, one_scalar_each)
+                if phi is not None:
+                    if one_scalar_each:
+                        return format_output(was_tuple, (spread_per_scalar(phi, inputs[0].shape),))
+                    out_shape = phi.shape[1:]
+                    attrs = tuple(values_to_inputs(phi, m, out_shape, x.shape) for x, m in zip(inputs, masks))
+                    return format_output(was_tuple, attrs)
             initial = forward_tensor(self.forward_func, baselines, target, args)  # v(empty)
             if initial.dim() == 0:
                 initial = initial.reshape(1)
@@ -113,38 +159,44 @@ class ShapleyValueSampling(PerturbationAttribution):
             if exact:
                 phi = self._exact(inputs, baselines, masks, n_feat, initial, target, args, per_eval)
             else:
-                phi = self._sampled(inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval)
+                phi = self._sampled(inputs, baselines, masks, perms, initial, target, args, per_eval)
 
             attrs = tuple(values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
         return format_output(was_tuple, attrs)
 
-    def _coalition_builder(self, inputs, baselines, masks, presence: Callable[[slice], Tensor]):
-        """``build(sl)``: inputs where feature f of unit u is kept iff ``presence(sl)[u, f]``."""
+    def _coalition_builder(self, inputs, baselines, masks, presence: Callable[[slice], Tensor],
+                           one_scalar_each: bool = False):
+        """``build(sl)``: inputs where feature f of unit u is kept iff ``presence(sl)[u, f]``
+        (``one_scalar_each``: one input with the default mask, feature f is its scalar f)."""
 
         def build(sl: slice):
             z = presence(sl)  # (n, F) bool
             n = z.shape[0]
             out = []
             for x, b, m in zip(inputs, baselines, masks):
-                keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
-                pert = torch.where(keep, x.unsqueeze(0), b.unsqueeze(0))
+                if one_scalar_each:
+                    keep = z.reshape((n, 1) + tuple(x.shape[1:]))
+                else:
+                    keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
+                pert = select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b)
                 out.append(pert.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
             return tuple(out)
 
         return build
 
-    def _sampled(self, inputs, baselines, masks, n_feat, n_samples, initial, target, args, per_eval):
-        device = inputs[0].device
-        perms = antithetic_permutations(n_samples, n_feat).to(device)  # (S, F)
-        # position of each feature in each ordering
-        pos = torch.empty_like(perms)
-        pos.scatter_(1, perms, torch.arange(n_feat, device=device).expand(n_samples, n_feat))
-
-        inner = n_feat - 1  # the last coalition of every walk is the input itself: evaluated once
-
+    @staticmethod
+    def _walk_presence(perms: Tensor) -> Callable[[slice], Tensor]:
+        """``presence(sl)`` of the walks' inner coalitions (unit ``s * (F - 1) + k``: the first
+        ``k + 1`` features of ordering ``s``; the empty and the full coalition are not units)."""
+        n_samples, n_feat = perms.shape
+        device = perms.device
+        pos = perms.argsort(-1)  # position of each feature in each ordering (the inverse permutation)
+        inner = n_feat - 1
         steps = torch.arange(inner, device=device)[None, :, None]
 
         def presence(sl: slice) -> Tensor:
+            if sl.stop <= sl.start:
+                return torch.zeros(0, n_feat, dtype=torch.bool, device=device)
             first, last = sl.start // inner, (sl.stop - 1) // inner + 1
             if sl.stop - sl.start >= inner:  # whole orderings: one broadcast compare, no gathers
                 block = (pos[first:last, None, :] <= steps).reshape(-1, n_feat)
@@ -153,18 +205,50 @@ class ShapleyValueSampling(PerturbationAttribution):
             s, k = u // inner, u % inner
             return pos[s] <= k[:, None]  # features among the first k+1 of ordering s
 
-        build = self._coalition_builder(inputs, baselines, masks, presence)
-        final = forward_tensor(self.forward_func, inputs, target, args).reshape(initial.shape)
-        outs = [out for _, out in evaluate_chunks(
-            self.forward_func, build, n_samples * inner, per_eval, initial.shape, target, args, inputs)]
-        shape = tuple(initial.shape)
-        v = torch.cat(outs, 0).to(final.dtype) if outs else final.new_zeros((0,) + shape)
-        v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype), v.reshape((n_samples, inner) + shape),
+        return presence
+
+    @staticmethod
+    def _walk_average(perms: Tensor, initial: Tensor, final: Tensor, v: Tensor) -> Tensor:
+        """Shapley estimates (F, *out) from the walks' values: ``initial`` v(empty), ``final``
+        v(full), ``v`` (S * (F - 1), *out) the inner coalitions in unit order."""
+        n_samples, n_feat = perms.shape
+        shape = tuple(final.shape)
+        v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype),
+                       v.to(final.dtype).reshape((n_samples, n_feat - 1) + shape),
                        final.expand((n_samples, 1) + shape)], 1)
         marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
-        phi = torch.zeros((n_feat,) + tuple(initial.shape), dtype=marg.dtype, device=device)
-        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(initial.shape)))
+        phi = torch.zeros((n_feat,) + shape, dtype=marg.dtype, device=marg.device)
+        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + shape))
         return phi / n_samples
+
+    def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval,
+                                one_scalar_each=False):
+        """The walks with v(empty) and v(full) in the same forward as the inner coalitions, or
+        None where that does not apply (``fits_one_forward``) or the forward aggregates."""
+        n_samples, n_feat = perms.shape
+        n_inner = n_samples * (n_feat - 1)
+        if not fits_one_forward(per_eval, n_inner + 2, inputs):
+            return None
+        z = torch.cat([_empty_and_full(n_feat, perms.device), self._walk_presence(perms)(slice(0, n_inner))])
+        build = self._coalition_builder(inputs, baselines, masks, lambda sl: z, one_scalar_each)
+        outs = forward_units(self.forward_func, build(slice(0, n_inner + 2)), n_inner + 2, inputs[0].shape[0],
+                             target, args)
+        if outs is None:
+            return None
+        v = outs[_walk_rows(n_samples, n_feat, perms.device)]  # (S, F + 1, *out): each walk, ends included
+        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
+        phi = torch.zeros((n_feat,) + tuple(outs.shape[1:]), dtype=marg.dtype, device=marg.device)
+        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(outs.shape[1:])))
+        return phi / n_samples
+
+    def _sampled(self, inputs, baselines, masks, perms, initial, target, args, per_eval):
+        n_samples, n_feat = perms.shape
+        build = self._coalition_builder(inputs, baselines, masks, self._walk_presence(perms))
+        final = forward_tensor(self.forward_func, inputs, target, args).reshape(initial.shape)
+        outs = [out for _, out in evaluate_chunks(
+            self.forward_func, build, n_samples * (n_feat - 1), per_eval, initial.shape, target, args, inputs)]
+        v = torch.cat(outs, 0) if outs else final.new_zeros((0,) + tuple(initial.shape))
+        return self._walk_average(perms, initial, final, v)
 
     def _exact(self, inputs, baselines, masks, n_feat, initial, target, args, per_eval):
         device = inputs[0].device

@@ -1,0 +1,188 @@
+"""The perturbation methods' lean path: the unperturbed references (the input, the baseline) ride
+in the same forward as the perturbations, and that gives the same numbers as evaluating them
+apart (``perturbations_per_eval=1``: Captum's one perturbation per forward), under a seed.
+
+One table of methods drives every check: the number of forwards, agreement with the chunked
+path for per-example, aggregating and multi-input forwards, and the building blocks (the bitwise
+``select``, the Kernel SHAP and LIME solves) against slow textbook versions.
+"""
+import pytest
+import torch
+
+from explain_serve._core.perturbation import select
+from explain_serve._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_design
+from explain_serve.attr import (
+    FeatureAblation,
+    FeaturePermutation,
+    InterpretableLinearModel,
+    KernelShap,
+    Lime,
+    ShapleyValueSampling,
+)
+
+D = torch.float64
+
+# name -> (constructor, attribute kwargs)
+METHODS = {
+    "FeatureAblation": (FeatureAblation, {"baselines": 0.5}),
+    "FeaturePermutation": (FeaturePermutation, {}),
+    "ShapleyValueSampling": (ShapleyValueSampling, {"n_samples": 4}),
+    "KernelShap": (KernelShap, {"n_samples": 12}),
+    "Lime": (Lime, {"n_samples": 30}),
+}
+
+
+def _mlp(n_in=6):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(n_in, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).to(D)
+
+
+def _x(shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+class Counting:
+    """A forward that records the batch size of every call."""
+
+    def __init__(self, forward):
+        self.forward, self.batches = forward, []
+
+    def __call__(self, *args):
+        self.batches.append(args[0].shape[0])
+        return self.forward(*args)
+
+
+def _attribute(name, forward, x, seed=3, **extra):
+    make, kw = METHODS[name]
+    torch.manual_seed(seed)
+    return make(forward).attribute(x, **{**kw, **extra})
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("shape", [(4, 6), (1, 6), (3, 2, 3)])
+def test_one_forward_equals_one_perturbation_per_forward(name, shape):
+    if name == "FeaturePermutation" and shape[0] == 1:
+        pytest.skip("a batch of one cannot be permuted")
+    model = _mlp()
+    forward = lambda t: model(t.reshape(t.shape[0], -1))  # noqa: E731
+    x = _x(shape)
+    counted = Counting(forward)
+    fast = _attribute(name, counted, x, target=1)
+    assert len(counted.batches) == 1  # the input (and the baseline) joined the perturbations
+    slow = _attribute(name, forward, x, target=1, perturbations_per_eval=1)
+    assert fast.shape == slow.shape == x.shape
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_aggregating_forward_falls_back_to_the_separate_reference(name):
+    """A forward returning one value for the whole batch cannot share a forward with its
+    perturbations: the methods notice it from the output's shape and evaluate as before."""
+    model = _mlp()
+    forward = lambda t: model(t)[:, 1].sum()  # noqa: E731
+    x = _x((3, 6))
+    fast = _attribute(name, forward, x)
+    slow = _attribute(name, forward, x, perturbations_per_eval=1)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    assert fast.abs().sum() > 0
+    if name == "FeatureAblation":  # the textbook value: f(x) - f(x with scalar i at 0.5)
+        for i in range(6):
+            xi = x.clone()
+            xi[:, i] = 0.5
+            torch.testing.assert_close(fast[0, i], forward(x) - forward(xi), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["FeatureAblation", "ShapleyValueSampling", "KernelShap", "Lime"])
+def test_masks_and_two_inputs_in_one_forward(name):
+    model = _mlp(9)
+    forward = lambda a, b, scale: model(torch.cat([a, b.reshape(b.shape[0], -1)], 1)) * scale  # noqa: E731
+    x = (_x((3, 5)), _x((3, 2, 2), seed=2))
+    masks = (torch.tensor([[0, 0, 1, 2, 2]]), torch.tensor([[[3, 3], [4, 5]]]))
+    kw = {"target": 2, "feature_mask": masks, "additional_forward_args": (2.0,)}
+    if name == "FeatureAblation":
+        kw["baselines"] = (0.5, -1.0)
+    counted = Counting(forward)
+    fast = _attribute(name, counted, x, **kw)
+    assert len(counted.batches) == 1
+    slow = _attribute(name, forward, x, perturbations_per_eval=1, **kw)
+    for f, s in zip(fast, slow):
+        torch.testing.assert_close(f, s, rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+SPECIAL = [float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 1e-310, -3.5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                   torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_select_is_torch_where_bit_for_bit(dtype):
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(5, 1, 7, generator=gen) < 0.5
+    if dtype.is_floating_point:
+        a = torch.tensor(SPECIAL, dtype=dtype).reshape(1, 1, 7).expand(1, 3, 7)
+        b = (torch.randn(1, 3, 7, generator=gen) * 10).to(dtype)
+    else:
+        a = (torch.randn(1, 3, 7, generator=gen) * 50).to(dtype)
+        b = (torch.randn(1, 3, 7, generator=gen) * 50).to(dtype)
+    for m, p, q in ((mask, a, b), (mask, b, a)):
+        ours, ref = select(m, p, q), torch.where(m, p, q)
+        assert ours.dtype == ref.dtype and ours.shape == ref.shape
+        if dtype.is_floating_point:  # same bits: NaN payloads and signed zeros included
+            width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
+            assert torch.equal(ours.view(width), ref.view(width))
+        else:
+            assert torch.equal(ours, ref)
+    # numbers on either side take the tensor's dtype, as in torch.where (+0 by a masking shortcut)
+    for number in (0, 0.0, -0.0, 0.5, 2):
+        for p, q in ((a, number), (number, a)):
+            if dtype == torch.bool:
+                continue
+            ours, ref = select(mask, p, q), torch.where(mask, p, q)
+            assert ours.dtype == ref.dtype
+            width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
+            assert torch.equal(ours.view(width), ref.view(width)), (p, q)
+
+
+def _pinv_fit(z, w, y):
+    """The textbook minimum-norm solution: the SVD pseudo-inverse of the weighted centred design."""
+    z = z.to(D)
+    m, k = z.shape[1], z.sum(1)
+    v0, delta = y[:, 1:2], y[:, :1] - y[:, 1:2]
+    resid = y - v0 - delta * (k / m)
+    a = w.sqrt()[:, None] * (z - k[:, None] / m)
+    return delta / m + (torch.linalg.pinv(a, rtol=1e-10) @ (resid * w.sqrt()).T).T
+
+
+@pytest.mark.parametrize("m, n", [(20, 25), (20, 12), (30, 40), (6, 5), (8, 9), (10, 60), (62, 40)])
+def test_kernel_shap_fit_is_the_minimum_norm_least_squares(m, n):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        z, w = kernel_design(m, n)
+        y = torch.randn(3, z.shape[0], dtype=D)
+        phi = constrained_fit(z, w, y, rank_bound=design_rank_bound(m, n))
+        ref = _pinv_fit(z, w, y)
+        torch.testing.assert_close(phi, ref, rtol=0, atol=1e-11 * ref.abs().max().item())
+        torch.testing.assert_close(phi.sum(1), y[:, 0] - y[:, 1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("alpha, n_samples", [(0.0, 40), (1e-2, 40), (0.0, 4), (0.5, 4)])
+def test_lime_surrogate_equals_the_weighted_ridge_formula(alpha, n_samples):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, n_samples, 6, generator=gen) < 0.5).to(D)
+    y = torch.randn(2, n_samples, generator=gen, dtype=D)
+    w = torch.rand(2, n_samples, generator=gen, dtype=D)
+    model = InterpretableLinearModel(alpha=alpha)
+    coef = model.fit_tensors(x, y, w)
+    for g in range(2):
+        design = torch.cat([x[g], torch.ones(n_samples, 1, dtype=D)], 1)
+        sw = (w[g] / w[g].sum()).sqrt()[:, None]
+        pen = torch.diag(torch.tensor([alpha] * 6 + [0.0], dtype=D))
+        if n_samples > 6:  # the normal equations with the ridge on the coefficients only
+            sol = torch.linalg.solve((design * sw).T @ (design * sw) + pen, (design * sw).T @ (y[g, :, None] * sw))
+        else:  # fewer samples than features: the minimum-norm solution of the ridge-augmented system
+            a = torch.cat([design * sw, pen.sqrt()])
+            sol = torch.linalg.pinv(a) @ torch.cat([y[g, :, None] * sw, torch.zeros(7, 1, dtype=D)])
+        torch.testing.assert_close(coef[g], sol[:6, 0], rtol=0, atol=1e-9)
+        torch.testing.assert_close(model.intercept_[g], sol[6, 0], rtol=0, atol=1e-9)

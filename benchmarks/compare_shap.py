@@ -104,8 +104,8 @@ def _mean_se(errors: List[float]) -> str:
     if not errors:
         return "-"
     if len(errors) < 2:
-        return f"{errors[0]:.2g}"
-    return f"{statistics.mean(errors):.2g} ± {statistics.stdev(errors) / len(errors) ** 0.5:.1g}"
+        return f"{errors[0]:.3g}"
+    return f"{statistics.mean(errors):.3g} ± {statistics.stdev(errors) / len(errors) ** 0.5:.2g}"
 
 
 def run(m: int, seeds: int, repeats: int, ref_perms: int) -> List[Tuple[str, str, float, str]]:
@@ -143,7 +143,7 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"threads {torch.get_num_threads()}; time: median ms per call (8 rows); "
           f"error: mean ± standard error over {a.seeds} seeds of max|est - ref| / max|ref|")
     for m in ([a.only] if a.only else [10, 30]):
-        ref = "exact Shapley" if m <= 12 else f"{a.ref_perms} antithetic orderings"
+        ref = "exact Shapley" if m <= 12 else f"{a.ref_perms} orthogonal antithetic orderings"
         print(f"\n{m} features (reference: {ref})\n")
         print("| estimator | budget | ms | error |\n| --- | --- | --- | --- |")
         for name, budget, ms, err in run(m, a.seeds, a.repeats, a.ref_perms):

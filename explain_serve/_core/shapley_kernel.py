@@ -201,9 +201,8 @@ def _redraw_repeats(z: Tensor, sizes: List[int], size: Tensor, generator: Option
             1, order, _positions(m) < size[redraw])
 
 
-def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None
-                  ) -> Tuple[Tensor, Tensor]:
-    """Coalitions ``z`` (S, m) bool and their kernel weights (S,) float64.
+def kernel_coalitions(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
+    """The coalitions ``z`` (S, m) bool of a Kernel SHAP design (``kernel_design`` without weights).
 
     Row 0 is the full coalition and row 1 the empty one (weight 0: the fit enforces them
     exactly); then the enumerated sizes; then the sampled coalitions in complementary pairs (with
@@ -215,7 +214,13 @@ def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch
     if n_sampled:
         drawn = _distinct_pairs(strata, _stratum_counts(strata, generator), m, generator)
         z = torch.cat([fixed, torch.stack([drawn, ~drawn], 1).reshape(-1, m)[:n_sampled]])
-    z = z.to(device)
+    return z.to(device)
+
+
+def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None
+                  ) -> Tuple[Tensor, Tensor]:
+    """Coalitions ``z`` (S, m) bool (``kernel_coalitions``) and their kernel weights (S,) float64."""
+    z = kernel_coalitions(m, n_samples, device, generator)
     return z, kernel_weights(z)
 
 

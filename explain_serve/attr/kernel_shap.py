@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._core.progress import shows_progress
-from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_design, kernel_weights
+from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_coalitions, kernel_weights
 from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
@@ -104,7 +104,7 @@ class KernelShap(Lime):
             return super()._sampler()
 
         def sample(groups: int, n: int, m: int, device) -> Tensor:
-            z, _ = kernel_design(m, n, device)  # one design for every example
+            z = kernel_coalitions(m, n, device)  # one design for every example
             return z.expand(groups, z.shape[0], m)
 
         return sample

@@ -155,7 +155,8 @@ def _pinv_fit(z, w, y):
     return delta / m + (torch.linalg.pinv(a, rtol=1e-10) @ (resid * w.sqrt()).T).T
 
 
-@pytest.mark.parametrize("m, n", [(20, 25), (20, 12), (30, 40), (6, 5), (8, 9), (10, 60), (62, 40)])
+# small designs solve in NumPy, the last two (full rank, rank-deficient) in torch (solve_in_numpy)
+@pytest.mark.parametrize("m, n", [(20, 25), (20, 12), (30, 40), (6, 5), (8, 9), (10, 60), (62, 40), (30, 1024), (100, 60)])
 def test_kernel_shap_fit_is_the_minimum_norm_least_squares(m, n):
     for seed in range(5):
         torch.manual_seed(seed)
@@ -167,10 +168,12 @@ def test_kernel_shap_fit_is_the_minimum_norm_least_squares(m, n):
         torch.testing.assert_close(phi.sum(1), y[:, 0] - y[:, 1], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("alpha, n_samples", [(0.0, 40), (1e-2, 40), (0.0, 4), (0.5, 4)])
-def test_lime_surrogate_equals_the_weighted_ridge_formula(alpha, n_samples):
+# small systems solve in NumPy, the last two (full rank, rank-deficient) in torch (solve_in_numpy)
+@pytest.mark.parametrize("alpha, n_samples, f", [(0.0, 40, 6), (1e-2, 40, 6), (0.0, 4, 6), (0.5, 4, 6),
+                                                 (1e-2, 3000, 20), (0.5, 20, 120)])
+def test_lime_surrogate_equals_the_weighted_ridge_formula(alpha, n_samples, f):
     gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(2, n_samples, 6, generator=gen) < 0.5).to(D)
+    x = (torch.rand(2, n_samples, f, generator=gen) < 0.5).to(D)
     y = torch.randn(2, n_samples, generator=gen, dtype=D)
     w = torch.rand(2, n_samples, generator=gen, dtype=D)
     model = InterpretableLinearModel(alpha=alpha)
@@ -178,11 +181,11 @@ def test_lime_surrogate_equals_the_weighted_ridge_formula(alpha, n_samples):
     for g in range(2):
         design = torch.cat([x[g], torch.ones(n_samples, 1, dtype=D)], 1)
         sw = (w[g] / w[g].sum()).sqrt()[:, None]
-        pen = torch.diag(torch.tensor([alpha] * 6 + [0.0], dtype=D))
-        if n_samples > 6:  # the normal equations with the ridge on the coefficients only
+        pen = torch.diag(torch.tensor([alpha] * f + [0.0], dtype=D))
+        if n_samples > f:  # the normal equations with the ridge on the coefficients only
             sol = torch.linalg.solve((design * sw).T @ (design * sw) + pen, (design * sw).T @ (y[g, :, None] * sw))
         else:  # fewer samples than features: the minimum-norm solution of the ridge-augmented system
             a = torch.cat([design * sw, pen.sqrt()])
-            sol = torch.linalg.pinv(a) @ torch.cat([y[g, :, None] * sw, torch.zeros(7, 1, dtype=D)])
-        torch.testing.assert_close(coef[g], sol[:6, 0], rtol=0, atol=1e-9)
-        torch.testing.assert_close(model.intercept_[g], sol[6, 0], rtol=0, atol=1e-9)
+            sol = torch.linalg.pinv(a) @ torch.cat([y[g, :, None] * sw, torch.zeros(f + 1, 1, dtype=D)])
+        torch.testing.assert_close(coef[g], sol[:f, 0], rtol=0, atol=1e-9)
+        torch.testing.assert_close(model.intercept_[g], sol[f, 0], rtol=0, atol=1e-9)

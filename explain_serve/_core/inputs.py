@@ -68,6 +68,19 @@ def take_args(args: Optional[Tuple[Any, ...]], index) -> Optional[Tuple[Any, ...
     return tuple(a[index] if isinstance(a, Tensor) and a.dim() > 0 else a for a in args)
 
 
+# OpenBLAS keeps a matrix product on the calling thread while m * n * k stays below 4 * 65536;
+# above that it starts threads of its own, which ignore torch.set_num_threads and on a busy
+# machine (a server's workers) made a 1024 x 30 Kernel SHAP fit 20x slower here.
+_NUMPY_MAX_PRODUCT = 4 * 65536
+
+
+def solve_in_numpy(rows: int, cols: int, device: torch.device) -> bool:
+    """Whether a least-squares solve of a ``(rows, cols)`` design runs in NumPy: on the CPU and
+    small, where torch's per-operation cost, not the arithmetic, is the time and OpenBLAS stays on
+    one thread. Larger ones (and other devices) run in torch."""
+    return device.type == "cpu" and rows * cols * cols <= _NUMPY_MAX_PRODUCT
+
+
 def float64_array(t: Tensor) -> np.ndarray:
     """A float64 NumPy copy or view of a tensor, for small solves in NumPy (no torch op where
     the tensor is already on the CPU and needs no grad)."""

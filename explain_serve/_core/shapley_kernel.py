@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .inputs import float64_array
+from .inputs import float64_array, solve_in_numpy
 
 
 @lru_cache(maxsize=64)
@@ -253,13 +253,15 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     ``phi.sum(-1) == y[:, 0] - y[:, 1]`` exactly. Writing ``phi = delta / M + u`` with
     ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
     ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
-    (then the design is just ``z Q``: ``_fit_in_basis``), more go through the pseudo-inverse of
-    the centred design (minimum-norm). Either way one factorisation serves all examples.
+    (then the design is just ``z Q``): small designs in NumPy (``_fit_in_basis``,
+    ``solve_in_numpy``), larger ones by Cholesky in torch; a rank-deficient or ill-conditioned
+    design (a budget below ``M``), or more features, goes through the pseudo-inverse of the
+    centred design (minimum-norm). Either way one factorisation serves all examples.
     ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
     """
     m = z.shape[-1]
-    if 2 <= m <= 256:
-        full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
+    full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
+    if 2 <= m <= 256 and solve_in_numpy(z.shape[0], m, y.device):
         phi = _fit_in_basis(*(float64_array(t) for t in (z, w, y)), full_rank_possible)
         return torch.from_numpy(phi).to(y.device)
     z = z.to(torch.float64)
@@ -270,6 +272,15 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     if m < 2:
         return delta.expand(y.shape[0], m).clone()
     resid = y - v0 - delta * (k / m)  # (G, S)
+    if m <= 256 and full_rank_possible:  # as _fit_in_basis, in torch
+        q = _sum_zero_basis(m).to(z.device)
+        a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
+        aw = a * w[:, None]
+        chol, info = torch.linalg.cholesky_ex(a.transpose(0, 1) @ aw)
+        diag = chol.diagonal()
+        if int(info) == 0 and bool(diag.min() > 1e-6 * diag.max()):
+            v = torch.cholesky_solve((resid @ aw).transpose(0, 1), chol)  # (M-1, G)
+            return delta / m + (q @ v).transpose(0, 1)
     sw = w.sqrt()
     a = sw[:, None] * (z - k[:, None] / m)  # (S, M)
     b = (resid * sw).transpose(0, 1)  # (S, G)

@@ -30,6 +30,7 @@ from .._core.inputs import (
     format_baselines,
     format_output,
     is_tuple,
+    solve_in_numpy,
     take_args,
     tensorize_baselines,
 )
@@ -78,45 +79,39 @@ class InterpretableLinearModel:
     def fit_tensors(self, x: Tensor, y: Tensor, w: Optional[Tensor] = None) -> Tensor:
         """Fit ``x`` (…, S, F), ``y`` (…, S), ``w`` (…, S); returns coefficients (…, F).
 
-        Solved in float64 NumPy on the CPU: the systems are ``(F + 1)``-square, where torch's
-        per-operation cost, not the arithmetic, would be the time."""
+        Solved in float64: in NumPy on the CPU for small systems (``solve_in_numpy``: there
+        torch's per-operation cost, not the arithmetic, would be the time), else in torch."""
         dtype = y.dtype if y.is_floating_point() else torch.get_default_dtype()
         device = y.device
-        x = float64_array(x)
-        y = float64_array(y).reshape(x.shape[:-1])
-        w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
-        s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
         n_feat = x.shape[-1]
-        design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
-        a = design * s
-        b = y[..., None] * s
-        sol = self._normal_equations(a, b, n_feat)
-        if sol is None:
-            sol = self._pinv_solve(a, b, n_feat)
-        sol = torch.from_numpy(sol).to(device=device, dtype=dtype)
+        if solve_in_numpy(x.shape[-2], n_feat + 1, device):
+            sol = torch.from_numpy(self._solve_numpy(float64_array(x), float64_array(y), w, n_feat))
+            sol = sol.to(device=device, dtype=dtype)
+        else:
+            sol = self._solve_torch(x, y, w, n_feat).to(dtype)
         self.coef_ = sol[..., :n_feat]
         self.intercept_ = sol[..., n_feat] if self.fit_intercept else torch.zeros_like(sol[..., 0])
         return self.coef_
 
-    def _normal_equations(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> Optional[np.ndarray]:
-        """The fast path: the normal equations ``a'a + alpha I`` (None if their Cholesky factor
-        shows them singular or ill-conditioned)."""
+    def _solve_numpy(self, x: np.ndarray, y: np.ndarray, w: Optional[Tensor], n_feat: int) -> np.ndarray:
+        """The weighted ridge in NumPy: Cholesky-checked normal equations, else minimum norm."""
+        y = y.reshape(x.shape[:-1])
+        w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
+        s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
+        design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
+        a, b = design * s, y[..., None] * s
         at = np.swapaxes(a, -1, -2)
         gram = at @ a
         if self.alpha > 0:
             idx = np.arange(n_feat)
             gram[..., idx, idx] += self.alpha
         try:
-            chol = np.linalg.cholesky(gram)
+            diag = np.diagonal(np.linalg.cholesky(gram), axis1=-2, axis2=-1)
+            if (diag.min(-1) > 1e-6 * diag.max(-1)).all():
+                return np.linalg.solve(gram, at @ b)[..., 0]
         except np.linalg.LinAlgError:
-            return None
-        diag = np.diagonal(chol, axis1=-2, axis2=-1)
-        if not (diag.min(-1) > 1e-6 * diag.max(-1)).all():
-            return None
-        return np.linalg.solve(gram, at @ b)[..., 0]
-
-    def _pinv_solve(self, a: np.ndarray, b: np.ndarray, n_feat: int) -> np.ndarray:
-        """Minimum-norm least squares (rank-deficient designs: fewer samples than features)."""
+            pass
+        # rank-deficient (fewer samples than features): minimum-norm least squares
         if self.alpha > 0:
             pen = np.zeros((a.shape[-1], a.shape[-1]))
             pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
@@ -125,6 +120,28 @@ class InterpretableLinearModel:
         # torch.linalg.pinv's default cut-off: machine epsilon times the larger dimension
         rcond = np.finfo(np.float64).eps * max(a.shape[-2:])
         return (np.linalg.pinv(a, rcond=rcond) @ b)[..., 0]
+
+    def _solve_torch(self, x: Tensor, y: Tensor, w: Optional[Tensor], n_feat: int) -> Tensor:
+        """``_solve_numpy`` in torch, for large systems and other devices."""
+        x = x.to(torch.float64)
+        y = y.to(torch.float64).reshape(x.shape[:-1])
+        w = torch.ones_like(y) if w is None else w.to(torch.float64).reshape(y.shape)
+        s = torch.sqrt(w / w.sum(-1, keepdim=True).clamp_min(1e-300)).unsqueeze(-1)
+        design = torch.cat([x, torch.ones_like(x[..., :1])], -1) if self.fit_intercept else x
+        a, b = design * s, y.unsqueeze(-1) * s
+        gram = a.transpose(-1, -2) @ a
+        if self.alpha > 0:
+            gram.diagonal(dim1=-2, dim2=-1)[..., :n_feat] += self.alpha
+        chol, info = torch.linalg.cholesky_ex(gram)
+        diag = chol.diagonal(dim1=-2, dim2=-1)
+        if bool(((info == 0) & (diag.min(-1).values > 1e-6 * diag.max(-1).values)).all()):  # one sync
+            return torch.cholesky_solve(a.transpose(-1, -2) @ b, chol).squeeze(-1)
+        if self.alpha > 0:
+            pen = torch.zeros(a.shape[-1], a.shape[-1], dtype=a.dtype, device=a.device)
+            pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
+            a = torch.cat([a, pen.expand(a.shape[:-2] + pen.shape)], -2)
+            b = torch.cat([b, b.new_zeros(b.shape[:-2] + (pen.shape[0], 1))], -2)
+        return (torch.linalg.pinv(a) @ b).squeeze(-1)
 
     def representation(self) -> Tensor:
         if self.coef_ is None:

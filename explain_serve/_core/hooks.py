@@ -30,21 +30,24 @@ from torch import Tensor, nn
 class GradRecord:
     """What a gradient rule sees for one call of a module."""
 
-    __slots__ = ("module", "inputs", "outputs", "grad_output", "saved", "graph")
+    __slots__ = ("module", "inputs", "outputs", "grad_output", "saved")
 
-    def __init__(self, module: nn.Module, inputs: Tensor):
+    def __init__(self, module: nn.Module, inputs: Optional[Tensor]):
         self.module = module
         self.inputs = inputs
         self.outputs: Optional[Tensor] = None
         self.grad_output: Optional[Tensor] = None
         self.saved: Any = None  # what ``capture(output)`` kept from the forward (e.g. pooling indices)
-        self.graph: Optional[Tuple[Tensor, Tensor]] = None  # (input, output) of a replaced backward
 
     def module_grad(self) -> Tensor:
         """The module's own input gradient for ``grad_output``, computed on demand where its
-        backward was replaced (``replace_gradient``)."""
-        x, y = self.graph  # type: ignore[misc]
-        return torch.autograd.grad(y, x, self.grad_output, retain_graph=True)[0]
+        backward was replaced (``replace_gradient``): the module's forward again, without hooks,
+        on its input (rules need it rarely; keeping the module's graph for it would hold its
+        saved tensors until the call ends)."""
+        x = self.inputs.detach().requires_grad_(True)  # type: ignore[union-attr]
+        with torch.enable_grad():
+            y = self.module.forward(x)
+        return torch.autograd.grad(y, x, self.grad_output)[0]
 
 
 class _InputTap(torch.autograd.Function):
@@ -83,17 +86,30 @@ class _OutputTap(torch.autograd.Function):
 
 class _Replaced(torch.autograd.Function):
     """A module's output whose backward to the module's input is a rule: the module's own backward
-    is not in the graph and never runs."""
+    is not in the graph and never runs. The rule's tensors are saved for backward, so autograd
+    frees them once the node has run, as it does a module's own saved tensors."""
 
     @staticmethod
-    def forward(ctx, x, y, record, rule):  # type: ignore[override]
-        ctx.record, ctx.rule = record, rule
+    def forward(ctx, x, y, record, rule, saved):  # type: ignore[override]
+        ctx.record, ctx.rule, ctx.has_saved = record, rule, isinstance(saved, Tensor)
+        ctx.save_for_backward(x, y, *((saved,) if ctx.has_saved else ()))
+        if not ctx.has_saved:
+            record.saved = saved
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        ctx.record.grad_output = grad
-        return ctx.rule(ctx.record, None), None, None, None
+        record = ctx.record
+        x, y, *saved = ctx.saved_tensors
+        record.inputs, record.outputs, record.grad_output = x.detach(), y, grad
+        if ctx.has_saved:
+            record.saved = saved[0]
+        try:
+            return ctx.rule(record, None), None, None, None, None
+        finally:  # the record holds nothing after the rule: the rest of the backward runs in less memory
+            record.inputs = record.outputs = record.grad_output = None
+            if ctx.has_saved:
+                record.saved = None
 
 
 GradRule = Callable[[GradRecord, Tensor], Tensor]
@@ -178,12 +194,8 @@ class HookSession:
         def post(scratch, mod, args, output):
             if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad or not isinstance(output, Tensor):
                 return None
-            record = GradRecord(mod, args[0].detach())
-            record.outputs = output.detach()
-            record.graph = (args[0], output)
-            if capture is not None:
-                record.saved = capture(output)
-            return _Replaced.apply(args[0], record.outputs, record, rule)
+            saved = capture(output) if capture is not None else None
+            return _Replaced.apply(args[0], output.detach(), GradRecord(mod, None), rule, saved)
 
         self.forward_hook(module, post)
 

@@ -40,22 +40,21 @@ def _halves(t: Tensor) -> Tensor:
     return t.view((2, t.shape[0] // 2) + tuple(t.shape[1:]))
 
 
-def _where_small(rec: GradRecord, grad, small: Tensor, value: Tensor) -> Tensor:
-    """``value`` (2, n, ...) with the module's own gradient where ``|delta_in| < eps``; ``grad`` is
-    that gradient, or None when the backward was replaced (then computed only if needed)."""
-    if grad is None:
-        if not bool(small.any()):
-            return value.reshape(rec.inputs.shape)
-        grad = rec.module_grad()
-    return torch.where(small, _halves(grad), value).view(rec.inputs.shape)
+def _any_small(d_in: Tensor, eps: float) -> bool:
+    """Whether some ``|d_in| < eps`` (then the module's own gradient is used there); ``d_in``
+    becomes ``|d_in|``. One in-place pass and a reduction, no mask: the common case needs none."""
+    return d_in.numel() > 0 and bool(d_in.abs_().amin() < eps)
 
 
 def _rescale(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         x, y = _halves(rec.inputs), _halves(rec.outputs)
         d_in = x[0] - x[1]  # one half: the differences are the same for both rows of a pair
-        ratio = (y[0] - y[1]).div_(d_in)
-        return _where_small(rec, grad, d_in.abs() < eps, _halves(rec.grad_output) * ratio)
+        value = _halves(rec.grad_output) * (y[0] - y[1]).div_(d_in)
+        if not _any_small(d_in, eps):
+            return value.view(rec.inputs.shape)
+        true_grad = _halves(grad if grad is not None else rec.module_grad())
+        return torch.where(d_in < eps, true_grad, value).view(rec.inputs.shape)
     return rule
 
 
@@ -73,22 +72,81 @@ def _pool_indices(output: Tensor):
     return getattr(output.grad_fn, "_saved_result1", None)
 
 
-def _maxpool(pool: Callable, route: Callable, eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
-    """``route(grad, inputs, indices, module)`` sends output gradients to the argmax positions."""
+def _windows_disjoint(m: nn.Module) -> bool:
+    """Whether every input position lies in at most one pooling window (stride >= kernel, no
+    dilation): then each window routes to its two argmaxes and nowhere else."""
+    def dims(v):
+        return list(v) if isinstance(v, (tuple, list)) else [v]
+    kernel, stride = dims(m.kernel_size), dims(m.stride)
+    if len(kernel) != len(stride):
+        kernel, stride = kernel * len(stride) if len(kernel) == 1 else kernel, stride * len(kernel) if len(stride) == 1 else stride
+    return all(d == 1 for d in dims(m.dilation)) and all(s >= k for s, k in zip(stride, kernel))
+
+
+def _disjoint_maxpool(rec: GradRecord, idx: Tensor, n_spatial: int, eps: float) -> Tensor:
+    """The max-pool rule below for disjoint windows, computed per window: only the argmax of the
+    input (``i0``) and of the baseline (``i1``) in a window receive anything, so the rule works on
+    the pool's output size (gathers and scatters) instead of dense passes over its input. Same
+    numbers as the dense rule; no bool tensors (slow on CPU)."""
+    x = rec.inputs
+    flat_in = x.reshape(2, -1, x.shape[-n_spatial:].numel())  # (half, plane, position)
+    y0, y1 = rec.outputs.reshape(2, flat_in.shape[1], -1)
+    g0, g1 = rec.grad_output.reshape(2, *y0.shape)
+    i0, i1 = idx.reshape(2, *y0.shape)
+    y_max = torch.max(y0, y1)
+    out = torch.zeros(flat_in.shape, dtype=x.dtype, device=x.device)
+    routed = out[0]  # scratch first: grad_output * delta_out of both halves, summed per position
+    routed.scatter_add_(1, i0, (y_max - y1).mul_(g0))
+    routed.scatter_add_(1, i1, (y0 - y_max).mul_(g1))
+    d0 = flat_in[1].gather(1, i0).neg_().add_(y0)  # delta_in at the input's argmax (x0 there is y0)
+    d1 = flat_in[0].gather(1, i1).sub_(y1)  # ... at the baseline's argmax
+    at_i0, at_i1 = routed.gather(1, i0), routed.gather(1, i1)
+    if not (_any_small(d0.clone(), eps) or _any_small(d1.clone(), eps)):
+        out.scatter_(2, i0.expand(2, -1, -1), at_i0.div_(d0).expand(2, -1, -1))
+        out.scatter_(2, i1.expand(2, -1, -1), at_i1.div_(d1).expand(2, -1, -1))
+        return out.view(x.shape)
+    # where |delta_in| < eps the pool's own gradient, per half: g_h at its own argmax, and at the
+    # other half's argmax only when both coincide
+    small0, small1 = d0.abs().lt_(eps), d1.abs().lt_(eps)
+    same = torch.eq(i0, i1, out=torch.empty_like(y0))
+    at_i0, at_i1 = _ratio_or_zero(at_i0, d0, small0), _ratio_or_zero(at_i1, d1, small1)
+    routed.scatter_(1, i0, torch.addcmul(at_i0, g0, small0))
+    routed.scatter_(1, i1, torch.addcmul(at_i1, g0.mul(same), small1))
+    out[1].scatter_(1, i0, torch.addcmul(at_i0, g1.mul(same), small0))
+    out[1].scatter_(1, i1, torch.addcmul(at_i1, g1, small1))
+    return out.view(x.shape)
+
+
+def _ratio_or_zero(num: Tensor, d_in: Tensor, small: Tensor) -> Tensor:
+    """``num / d_in``, 0 where ``small`` (a 0/1 mask; no inf/nan there); overwrites ``num``, ``d_in``."""
+    return num.div_(d_in.add_(small)).mul_(1 - small)
+
+
+def _maxpool(pool: Callable, route: Callable, true_route: Optional[Callable], n_spatial: int,
+             eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    """``route(grad, inputs, indices, module)`` sends output gradients to the argmax positions;
+    ``true_route`` is max_pool's own backward (None: ask autograd)."""
 
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         m: nn.Module = rec.module
         with torch.no_grad():
-            y = _halves(rec.outputs)
-            y_max = torch.max(y[0], y[1])
-            d_out = torch.stack([y_max - y[1], y[0] - y_max]).view_as(rec.outputs)
             idx = rec.saved
             if idx is None or idx.shape != rec.outputs.shape:
                 _, idx = pool(rec.inputs, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+            if _windows_disjoint(m):
+                return _disjoint_maxpool(rec, idx, n_spatial, eps)
+            y = _halves(rec.outputs)
+            y_max = torch.max(y[0], y[1])
+            d_out = torch.stack([y_max - y[1], y[0] - y_max]).view_as(rec.outputs)
             routed = _halves(route(rec.grad_output * d_out, rec.inputs, idx, m))
             x = _halves(rec.inputs)
             d_in = x[0] - x[1]
-            return _where_small(rec, grad, d_in.abs() < eps, (routed[0] + routed[1]).div_(d_in).expand_as(routed))
+            value = (routed[0] + routed[1]).div_(d_in).expand_as(routed)
+            if not _any_small(d_in, eps):
+                return value.reshape(rec.inputs.shape)
+            if grad is None:
+                grad = rec.module_grad() if true_route is None else true_route(rec.grad_output, rec.inputs, idx, m)
+            return torch.where(d_in < eps, _halves(grad), value).view(rec.inputs.shape)
     return rule
 
 
@@ -101,10 +159,12 @@ def _pool_backward(op: Callable) -> Callable:
     return lambda g, x, idx, m: op(g, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, idx)
 
 
-_MAXPOOLS = {
-    nn.MaxPool1d: (F.max_pool1d, _unpool(F.max_unpool1d)),
-    nn.MaxPool2d: (F.max_pool2d, _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)),
-    nn.MaxPool3d: (F.max_pool3d, _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)),
+_POOL2D_BACKWARD = _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)
+_POOL3D_BACKWARD = _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)
+_MAXPOOLS = {  # pool, DeepLift's routing, the pool's own backward (None: autograd's), spatial dims
+    nn.MaxPool1d: (F.max_pool1d, _unpool(F.max_unpool1d), None, 1),
+    nn.MaxPool2d: (F.max_pool2d, _POOL2D_BACKWARD, _POOL2D_BACKWARD, 2),
+    nn.MaxPool3d: (F.max_pool3d, _POOL3D_BACKWARD, _POOL3D_BACKWARD, 3),
 }
 
 
@@ -116,7 +176,7 @@ def rules(eps: float) -> Dict[Type[nn.Module], Callable]:
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
         nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: _softmax(eps),
     }
-    table.update({t: _maxpool(pool, route, eps) for t, (pool, route) in _MAXPOOLS.items()})
+    table.update({t: _maxpool(*fns, eps) for t, fns in _MAXPOOLS.items()})
     return table
 
 

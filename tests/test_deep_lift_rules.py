@@ -124,8 +124,9 @@ def test_max_pool_rule_matches_its_definition(case):
     # equal to the input in places, else larger or smaller; rectified: whole windows equal as well
     b = torch.where(torch.rand(x.shape, generator=g) < 0.5, x, torch.randn(x.shape, generator=g, dtype=D))
     joined = torch.cat([x, b]).relu()
-    record = GradRecord(pool, joined)
-    record.outputs = pool(joined)
-    record.grad_output = torch.randn(record.outputs.shape, generator=g, dtype=D)
-    expected, record.saved = _literal_max_pool_rule(pool, joined, record.grad_output)
-    torch.testing.assert_close(rules(1e-10)[type(pool)](record, None), expected, rtol=1e-12, atol=1e-12)
+    rule, prepare = rules(1e-10)[type(pool)]
+    record, output = GradRecord(pool, None), pool(joined)
+    record.saved = prepare(pool, joined, output)
+    record.grad_output = torch.randn(output.shape, generator=g, dtype=D)
+    expected, _ = _literal_max_pool_rule(pool, joined, record.grad_output)
+    torch.testing.assert_close(rule(record, None), expected, rtol=1e-12, atol=1e-12)

@@ -37,14 +37,14 @@ class GradRecord:
         self.inputs = inputs
         self.outputs: Optional[Tensor] = None
         self.grad_output: Optional[Tensor] = None
-        self.saved: Any = None  # what ``capture(output)`` kept from the forward (e.g. pooling indices)
+        self.saved: Any = None  # what ``prepare(module, input, output)`` computed in the forward
 
-    def module_grad(self) -> Tensor:
-        """The module's own input gradient for ``grad_output``, computed on demand where its
-        backward was replaced (``replace_gradient``): the module's forward again, without hooks,
-        on its input (rules need it rarely; keeping the module's graph for it would hold its
-        saved tensors until the call ends)."""
-        x = self.inputs.detach().requires_grad_(True)  # type: ignore[union-attr]
+    def module_grad(self, inputs: Optional[Tensor] = None) -> Tensor:
+        """The module's own input gradient for ``grad_output`` at ``inputs`` (default: the
+        record's), computed on demand where its backward was replaced (``replace_gradient``): the
+        module's forward again, without hooks (rules need it rarely; keeping the module's graph
+        for it would hold its saved tensors until the call ends)."""
+        x = (self.inputs if inputs is None else inputs).detach().requires_grad_(True)  # type: ignore[union-attr]
         with torch.enable_grad():
             y = self.module.forward(x)
         return torch.autograd.grad(y, x, self.grad_output)[0]
@@ -86,30 +86,36 @@ class _OutputTap(torch.autograd.Function):
 
 class _Replaced(torch.autograd.Function):
     """A module's output whose backward to the module's input is a rule: the module's own backward
-    is not in the graph and never runs. The rule's tensors are saved for backward, so autograd
-    frees them once the node has run, as it does a module's own saved tensors."""
+    is not in the graph and never runs. What the rule needs is saved for backward, so autograd
+    frees it once the node has run, as it does a module's own saved tensors."""
 
     @staticmethod
-    def forward(ctx, x, y, record, rule, saved):  # type: ignore[override]
-        ctx.record, ctx.rule, ctx.has_saved = record, rule, isinstance(saved, Tensor)
-        ctx.save_for_backward(x, y, *((saved,) if ctx.has_saved else ()))
-        if not ctx.has_saved:
-            record.saved = saved
+    def forward(ctx, x, y, record, rule, state):  # type: ignore[override]
+        ctx.record, ctx.rule = record, rule
+        if state is None:  # the rule reads the module's input and output
+            ctx.rest = None
+            ctx.save_for_backward(x, y)
+        else:
+            ctx.rest = tuple(_TENSOR if isinstance(t, Tensor) else t for t in state)
+            ctx.save_for_backward(*(t for t in state if isinstance(t, Tensor)))
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        record = ctx.record
-        x, y, *saved = ctx.saved_tensors
-        record.inputs, record.outputs, record.grad_output = x.detach(), y, grad
-        if ctx.has_saved:
-            record.saved = saved[0]
+        record, saved = ctx.record, ctx.saved_tensors
+        if ctx.rest is None:
+            record.inputs, record.outputs = saved[0].detach(), saved[1]
+        else:
+            tensors = iter(saved)
+            record.saved = tuple(next(tensors) if t is _TENSOR else t for t in ctx.rest)
+        record.grad_output = grad
         try:
             return ctx.rule(record, None), None, None, None, None
         finally:  # the record holds nothing after the rule: the rest of the backward runs in less memory
-            record.inputs = record.outputs = record.grad_output = None
-            if ctx.has_saved:
-                record.saved = None
+            record.inputs = record.outputs = record.grad_output = record.saved = None
+
+
+_TENSOR = object()  # a tensor's slot in a prepared state
 
 
 GradRule = Callable[[GradRecord, Tensor], Tensor]
@@ -149,7 +155,7 @@ class HookSession:
         self._handles.append(module.register_forward_pre_hook(self._guard(fn)))
 
     def override_gradient(self, module: nn.Module, rule: GradRule, output_rule: Optional[GradRule] = None,
-                          capture: Optional[Callable[[Tensor], Any]] = None) -> None:
+                          prepare: Optional[Callable[[nn.Module, Tensor, Tensor], Any]] = None) -> None:
         """Replace the gradient from ``module``'s output to its first input by ``rule(record, grad)``.
 
         ``grad`` is the module's true input gradient; ``record`` holds the detached input and output
@@ -157,8 +163,8 @@ class HookSession:
         forward and for in-place modules. ``output_rule(record, grad_output)``, if given, replaces
         the gradient entering the module's own backward (``grad`` is then the module's backward of
         that), e.g. a normalisation that makes the module's vector-Jacobian product do the rest.
-        ``capture(output)``, if given, keeps something the forward already computed in
-        ``record.saved`` so that the rule need not recompute it.
+        ``prepare(module, input, output)``, if given, runs in the forward and its result is the record's
+        ``saved``: what the rule needs, computed while the forward's tensors are at hand.
         """
         stack_key = ("override", id(module))
 
@@ -175,27 +181,35 @@ class HookSession:
             if record is None or not isinstance(output, Tensor):
                 return None
             record.outputs = output.detach()
-            if capture is not None:
-                record.saved = capture(output)
+            if prepare is not None:
+                with torch.no_grad():
+                    record.saved = prepare(mod, record.inputs, output)
             return _OutputTap.apply(output, record, output_rule)
 
         self.forward_pre_hook(module, pre)
         self.forward_hook(module, post)
 
-    def replace_gradient(self, module: nn.Module, rule: GradRule, capture: Optional[Callable[[Tensor], Any]] = None) -> None:
+    def replace_gradient(self, module: nn.Module, rule: GradRule,
+                         prepare: Optional[Callable[[nn.Module, Tensor, Tensor], Any]] = None) -> None:
         """Like ``override_gradient`` but cheaper: ``rule(record, None)`` is the whole gradient from
         ``module``'s output to its first input and the module's own backward is skipped (a rule
-        that needs it calls ``record.module_grad()``). In-place modules overwrite their input, so
-        they go through ``override_gradient`` (then ``grad`` is given)."""
+        that needs it calls ``record.module_grad(...)``). With ``prepare``, which returns a tuple, the
+        rule gets only that tuple as ``record.saved``, so the module's input and output need not
+        live until the backward; without it, ``record.inputs``/``outputs``.
+        In-place modules overwrite their input, so they go through ``override_gradient`` (then
+        ``grad`` is given, and the record has its inputs and outputs too)."""
         if getattr(module, "inplace", False):
-            self.override_gradient(module, rule, capture=capture)
+            self.override_gradient(module, rule, prepare=prepare)
             return
 
         def post(scratch, mod, args, output):
             if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad or not isinstance(output, Tensor):
                 return None
-            saved = capture(output) if capture is not None else None
-            return _Replaced.apply(args[0], output.detach(), GradRecord(mod, None), rule, saved)
+            state = None
+            if prepare is not None:
+                with torch.no_grad():
+                    state = prepare(mod, args[0].detach(), output)
+            return _Replaced.apply(args[0], output.detach(), GradRecord(mod, None), rule, state)
 
         self.forward_hook(module, post)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +46,26 @@ def _any_small(d_in: Tensor, eps: float) -> bool:
     return d_in.numel() > 0 and bool(d_in.abs_().amin() < eps)
 
 
+def _rescale_prepare(eps: float) -> Callable:
+    """In the forward: the Rescale multipliers ``delta_out / delta_in`` (one half: the differences
+    are the same for both rows of a pair), and the input only where some ``delta_in`` is tiny."""
+    def prepare(module: nn.Module, x: Tensor, y: Tensor):
+        xs, ys = _halves(x), _halves(y)
+        d_in = xs[0] - xs[1]
+        ratio = (ys[0] - ys[1]).div_(d_in)
+        return ratio, (x if _any_small(d_in, eps) else None)
+    return prepare
+
+
 def _rescale(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
-        x, y = _halves(rec.inputs), _halves(rec.outputs)
-        d_in = x[0] - x[1]  # one half: the differences are the same for both rows of a pair
-        value = _halves(rec.grad_output) * (y[0] - y[1]).div_(d_in)
-        if not _any_small(d_in, eps):
-            return value.view(rec.inputs.shape)
-        true_grad = _halves(grad if grad is not None else rec.module_grad())
-        return torch.where(d_in < eps, true_grad, value).view(rec.inputs.shape)
+        ratio, x = rec.saved
+        value = _halves(rec.grad_output) * ratio
+        if x is None:
+            return value.view(rec.grad_output.shape)
+        xs = _halves(x)
+        true_grad = _halves(grad if grad is not None else rec.module_grad(x))
+        return torch.where((xs[0] - xs[1]).abs_() < eps, true_grad, value).view(x.shape)
     return rule
 
 
@@ -67,86 +78,84 @@ def _softmax(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
     return rule
 
 
-def _pool_indices(output: Tensor):
-    """The argmax indices max_pool2d/3d saved for their backward (None where not available)."""
-    return getattr(output.grad_fn, "_saved_result1", None)
-
-
 def _windows_disjoint(m: nn.Module) -> bool:
     """Whether every input position lies in at most one pooling window (stride >= kernel, no
     dilation): then each window routes to its two argmaxes and nowhere else."""
     def dims(v):
         return list(v) if isinstance(v, (tuple, list)) else [v]
-    kernel, stride = dims(m.kernel_size), dims(m.stride)
-    if len(kernel) != len(stride):
-        kernel, stride = kernel * len(stride) if len(kernel) == 1 else kernel, stride * len(kernel) if len(stride) == 1 else stride
+    kernel, stride, n = dims(m.kernel_size), dims(m.stride), max(len(dims(m.kernel_size)), len(dims(m.stride)))
+    kernel, stride = kernel * n if len(kernel) == 1 else kernel, stride * n if len(stride) == 1 else stride
     return all(d == 1 for d in dims(m.dilation)) and all(s >= k for s, k in zip(stride, kernel))
 
 
-def _disjoint_maxpool(rec: GradRecord, idx: Tensor, n_spatial: int, eps: float) -> Tensor:
-    """The max-pool rule below for disjoint windows, computed per window: only the argmax of the
-    input (``i0``) and of the baseline (``i1``) in a window receive anything, so the rule works on
-    the pool's output size (gathers and scatters) instead of dense passes over its input. Same
-    numbers as the dense rule; no bool tensors (slow on CPU)."""
-    x = rec.inputs
-    flat_in = x.reshape(2, -1, x.shape[-n_spatial:].numel())  # (half, plane, position)
-    y0, y1 = rec.outputs.reshape(2, flat_in.shape[1], -1)
-    g0, g1 = rec.grad_output.reshape(2, *y0.shape)
+def _disjoint_coefficients(x: Tensor, y: Tensor, idx: Tensor, n_spatial: int, eps: float):
+    """In the forward, for disjoint windows: what each window's output gradients (of the input row,
+    g0, and of the baseline row, g1) give at the window's argmaxes (``i0`` of the input, ``i1`` of
+    the baseline), per row: ``a0 * g0`` at ``i0`` and ``a1 * g0 + b1 * g1`` at ``i1``, written in
+    that order, so that where both argmaxes coincide the second write, which holds both shares,
+    wins. That is the rule below, with the pool's own gradient where ``|delta_in| < eps``; no bool
+    tensors (slow on CPU)."""
+    flat_in = x.reshape(2, -1, x.shape[-n_spatial:].numel())  # (row, plane, position)
+    y0, y1 = y.reshape(2, flat_in.shape[1], -1)
     i0, i1 = idx.reshape(2, *y0.shape)
     y_max = torch.max(y0, y1)
-    out = torch.zeros(flat_in.shape, dtype=x.dtype, device=x.device)
-    routed = out[0]  # scratch first: grad_output * delta_out of both halves, summed per position
-    routed.scatter_add_(1, i0, (y_max - y1).mul_(g0))
-    routed.scatter_add_(1, i1, (y0 - y_max).mul_(g1))
-    d0 = flat_in[1].gather(1, i0).neg_().add_(y0)  # delta_in at the input's argmax (x0 there is y0)
-    d1 = flat_in[0].gather(1, i1).sub_(y1)  # ... at the baseline's argmax
-    at_i0, at_i1 = routed.gather(1, i0), routed.gather(1, i1)
+    c0, c1 = y_max - y1, y0 - y_max  # delta_out routed through the input's / the baseline's argmax
+    d0 = flat_in[1].gather(1, i0).neg_().add_(y0)  # delta_in at i0 (the input there is y0)
+    d1 = flat_in[0].gather(1, i1).sub_(y1)  # ... at i1
+    same = torch.eq(i0, i1, out=torch.empty_like(y0))  # both argmaxes at one position: it gets both
+    c0_at_i1 = c0.mul(same)
     if not (_any_small(d0.clone(), eps) or _any_small(d1.clone(), eps)):
-        out.scatter_(2, i0.expand(2, -1, -1), at_i0.div_(d0).expand(2, -1, -1))
-        out.scatter_(2, i1.expand(2, -1, -1), at_i1.div_(d1).expand(2, -1, -1))
-        return out.view(x.shape)
-    # where |delta_in| < eps the pool's own gradient, per half: g_h at its own argmax, and at the
-    # other half's argmax only when both coincide
-    small0, small1 = d0.abs().lt_(eps), d1.abs().lt_(eps)
-    same = torch.eq(i0, i1, out=torch.empty_like(y0))
-    at_i0, at_i1 = _ratio_or_zero(at_i0, d0, small0), _ratio_or_zero(at_i1, d1, small1)
-    routed.scatter_(1, i0, torch.addcmul(at_i0, g0, small0))
-    routed.scatter_(1, i1, torch.addcmul(at_i1, g0.mul(same), small1))
-    out[1].scatter_(1, i0, torch.addcmul(at_i0, g1.mul(same), small0))
-    out[1].scatter_(1, i1, torch.addcmul(at_i1, g1, small1))
-    return out.view(x.shape)
+        return c0.div_(d0).unsqueeze(0), c0_at_i1.div_(d1).unsqueeze(0), c1.div_(d1).unsqueeze(0), i0, i1
+    # |delta_in| < eps: the pool's own gradient there, per row: g_h at its own argmax, and at the
+    # other row's argmax only where both coincide. Divisors made 1 there, quotients zeroed.
+    s0, s1 = d0.abs().lt_(eps), d1.abs().lt_(eps)
+    a0 = c0.div_(d0.add_(s0)).mul_(1 - s0)
+    keep1 = 1 - s1
+    d1.add_(s1)
+    a1, b1 = c0_at_i1.div_(d1).mul_(keep1), c1.div_(d1).mul_(keep1)
+    return torch.stack([a0 + s0, a0]), torch.stack([a1 + same * s1, a1]), torch.stack([b1, b1 + s1]), i0, i1
 
 
-def _ratio_or_zero(num: Tensor, d_in: Tensor, small: Tensor) -> Tensor:
-    """``num / d_in``, 0 where ``small`` (a 0/1 mask; no inf/nan there); overwrites ``num``, ``d_in``."""
-    return num.div_(d_in.add_(small)).mul_(1 - small)
+def _maxpool_prepare(pool: Callable, n_spatial: int, eps: float) -> Callable:
+    def prepare(m: nn.Module, x: Tensor, y: Tensor):
+        idx = getattr(y.grad_fn, "_saved_result1", None)  # the argmax indices max_pool saved for its backward
+        if idx is None or idx.shape != y.shape:
+            _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        if _windows_disjoint(m):
+            return (*_disjoint_coefficients(x, y, idx, n_spatial, eps), x.shape)
+        return x, y.detach(), idx
+    return prepare
 
 
-def _maxpool(pool: Callable, route: Callable, true_route: Optional[Callable], n_spatial: int,
-             eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
-    """``route(grad, inputs, indices, module)`` sends output gradients to the argmax positions;
-    ``true_route`` is max_pool's own backward (None: ask autograd)."""
+def _maxpool(route: Callable, true_route: Optional[Callable], eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    """Dense (overlapping windows): ``route(grad, inputs, indices, module)`` sends output gradients
+    to the argmax positions; ``true_route`` is max_pool's own backward (None: ask autograd).
+    Disjoint windows: the coefficients prepared in the forward, then two scatters."""
 
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
-        m: nn.Module = rec.module
         with torch.no_grad():
-            idx = rec.saved
-            if idx is None or idx.shape != rec.outputs.shape:
-                _, idx = pool(rec.inputs, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-            if _windows_disjoint(m):
-                return _disjoint_maxpool(rec, idx, n_spatial, eps)
-            y = _halves(rec.outputs)
-            y_max = torch.max(y[0], y[1])
-            d_out = torch.stack([y_max - y[1], y[0] - y_max]).view_as(rec.outputs)
-            routed = _halves(route(rec.grad_output * d_out, rec.inputs, idx, m))
-            x = _halves(rec.inputs)
-            d_in = x[0] - x[1]
+            if len(rec.saved) == 6:
+                a0, a1, b1, i0, i1, shape = rec.saved
+                g0, g1 = rec.grad_output.reshape(2, *i0.shape)
+                at_i0, at_i1 = a0 * g0, torch.addcmul(a1 * g0, b1, g1)
+                out = g0.new_zeros((2, i0.shape[0], shape.numel() // (2 * i0.shape[0])))
+                out.scatter_(2, i0.expand(2, -1, -1), at_i0.expand(2, -1, -1))
+                out.scatter_(2, i1.expand(2, -1, -1), at_i1.expand(2, -1, -1))
+                return out.view(shape)
+            x, y, idx = rec.saved
+            m: nn.Module = rec.module
+            ys = _halves(y)
+            y_max = torch.max(ys[0], ys[1])
+            d_out = torch.stack([y_max - ys[1], ys[0] - y_max]).view_as(y)
+            routed = _halves(route(rec.grad_output * d_out, x, idx, m))
+            xs = _halves(x)
+            d_in = xs[0] - xs[1]
             value = (routed[0] + routed[1]).div_(d_in).expand_as(routed)
             if not _any_small(d_in, eps):
-                return value.reshape(rec.inputs.shape)
+                return value.reshape(x.shape)
             if grad is None:
-                grad = rec.module_grad() if true_route is None else true_route(rec.grad_output, rec.inputs, idx, m)
-            return torch.where(d_in < eps, _halves(grad), value).view(rec.inputs.shape)
+                grad = rec.module_grad(x) if true_route is None else true_route(rec.grad_output, x, idx, m)
+            return torch.where(d_in < eps, _halves(grad), value).view(x.shape)
     return rule
 
 
@@ -161,22 +170,24 @@ def _pool_backward(op: Callable) -> Callable:
 
 _POOL2D_BACKWARD = _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)
 _POOL3D_BACKWARD = _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)
-_MAXPOOLS = {  # pool, DeepLift's routing, the pool's own backward (None: autograd's), spatial dims
-    nn.MaxPool1d: (F.max_pool1d, _unpool(F.max_unpool1d), None, 1),
-    nn.MaxPool2d: (F.max_pool2d, _POOL2D_BACKWARD, _POOL2D_BACKWARD, 2),
-    nn.MaxPool3d: (F.max_pool3d, _POOL3D_BACKWARD, _POOL3D_BACKWARD, 3),
+_MAXPOOLS = {  # pool, spatial dims, DeepLift's routing, the pool's own backward (None: autograd's)
+    nn.MaxPool1d: (F.max_pool1d, 1, _unpool(F.max_unpool1d), None),
+    nn.MaxPool2d: (F.max_pool2d, 2, _POOL2D_BACKWARD, _POOL2D_BACKWARD),
+    nn.MaxPool3d: (F.max_pool3d, 3, _POOL3D_BACKWARD, _POOL3D_BACKWARD),
 }
 
 
 @lru_cache(maxsize=8)
-def rules(eps: float) -> Dict[Type[nn.Module], Callable]:
-    """Gradient rule per supported module type (built once per ``eps``; do not modify)."""
-    rescale = _rescale(eps)
+def rules(eps: float) -> Dict[Type[nn.Module], Tuple[Callable, Callable]]:
+    """(gradient rule, its forward-side ``prepare``) per supported module type (built once per
+    ``eps``; do not modify)."""
+    rescale = (_rescale(eps), _rescale_prepare(eps))
     table = {
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
-        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: _softmax(eps),
+        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: (_softmax(eps), rescale[1]),
     }
-    table.update({t: _maxpool(*fns, eps) for t, fns in _MAXPOOLS.items()})
+    table.update({t: (_maxpool(route, true_route, eps), _maxpool_prepare(pool, n_spatial, eps))
+                  for t, (pool, n_spatial, route, true_route) in _MAXPOOLS.items()})
     return table
 
 
@@ -205,9 +216,9 @@ class DeepLift(GradientAttribution, HookedMethod):
     def _install_hooks(self, session: HookSession) -> None:
         table = rules(self.eps)
         for module in self.model.modules():
-            rule = table.get(type(module))
-            if rule is not None:
-                session.replace_gradient(module, rule, capture=_pool_indices if type(module) in _MAXPOOLS else None)
+            entry = table.get(type(module))
+            if entry is not None:
+                session.replace_gradient(module, entry[0], prepare=entry[1])
 
     def multipliers(self, inputs, baselines, target, args):
         """DeepLift multipliers d(score)/d(input) under the Rescale rules (tuples in and out)."""

@@ -164,7 +164,8 @@ class HookSession:
         the gradient entering the module's own backward (``grad`` is then the module's backward of
         that), e.g. a normalisation that makes the module's vector-Jacobian product do the rest.
         ``prepare(module, input, output)``, if given, runs in the forward and its result is the record's
-        ``saved``: what the rule needs, computed while the forward's tensors are at hand.
+        ``saved``: what the rule needs, computed while the forward's tensors are at hand (the input
+        comes detached, the output with its graph: detach what is computed from it).
         """
         stack_key = ("override", id(module))
 
@@ -182,8 +183,7 @@ class HookSession:
                 return None
             record.outputs = output.detach()
             if prepare is not None:
-                with torch.no_grad():
-                    record.saved = prepare(mod, record.inputs, output)
+                record.saved = prepare(mod, record.inputs, output)
             return _OutputTap.apply(output, record, output_rule)
 
         self.forward_pre_hook(module, pre)
@@ -205,10 +205,7 @@ class HookSession:
         def post(scratch, mod, args, output):
             if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad or not isinstance(output, Tensor):
                 return None
-            state = None
-            if prepare is not None:
-                with torch.no_grad():
-                    state = prepare(mod, args[0].detach(), output)
+            state = None if prepare is None else prepare(mod, args[0].detach(), output)
             return _Replaced.apply(args[0], output.detach(), GradRecord(mod, None), rule, state)
 
         self.forward_hook(module, post)

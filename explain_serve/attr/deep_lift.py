@@ -43,16 +43,16 @@ def _halves(t: Tensor) -> Tensor:
 def _any_small(d_in: Tensor, eps: float) -> bool:
     """Whether some ``|d_in| < eps`` (then the module's own gradient is used there); ``d_in``
     becomes ``|d_in|``. One in-place pass and a reduction, no mask: the common case needs none."""
-    return d_in.numel() > 0 and bool(d_in.abs_().amin() < eps)
+    return d_in.numel() > 0 and d_in.abs_().amin().item() < eps
 
 
 def _rescale_prepare(eps: float) -> Callable:
     """In the forward: the Rescale multipliers ``delta_out / delta_in`` (one half: the differences
     are the same for both rows of a pair), and the input only where some ``delta_in`` is tiny."""
     def prepare(module: nn.Module, x: Tensor, y: Tensor):
-        xs, ys = _halves(x), _halves(y)
-        d_in = xs[0] - xs[1]
-        ratio = (ys[0] - ys[1]).div_(d_in)
+        (x0, x1), (y0, y1) = x.chunk(2), y.detach().chunk(2)
+        d_in = x0 - x1
+        ratio = (y0 - y1).div_(d_in)
         return ratio, (x if _any_small(d_in, eps) else None)
     return prepare
 
@@ -121,9 +121,10 @@ def _maxpool_prepare(pool: Callable, n_spatial: int, eps: float) -> Callable:
         idx = getattr(y.grad_fn, "_saved_result1", None)  # the argmax indices max_pool saved for its backward
         if idx is None or idx.shape != y.shape:
             _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        y = y.detach()
         if _windows_disjoint(m):
             return (*_disjoint_coefficients(x, y, idx, n_spatial, eps), x.shape)
-        return x, y.detach(), idx
+        return x, y, idx
     return prepare
 
 

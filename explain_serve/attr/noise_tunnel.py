@@ -123,13 +123,15 @@ class NoiseTunnel(Attribution):
                 deltas.append(delta)
             attr_was_tuple = isinstance(out, tuple)
             out = as_tuple(out)
-            sums = tuple(a.reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
-            sqs = tuple((a * a).reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
-            total = sums if total is None else tuple(t + s for t, s in zip(total, sums))
-            total_sq = sqs if total_sq is None else tuple(t + s for t, s in zip(total_sq, sqs))
+            if nt_type != "smoothgrad_sq":
+                sums = tuple(a.reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
+                total = sums if total is None else tuple(t + s for t, s in zip(total, sums))
+            if nt_type != "smoothgrad":
+                sqs = tuple((a * a).reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
+                total_sq = sqs if total_sq is None else tuple(t + s for t, s in zip(total_sq, sqs))
 
-        mean = tuple(t / nt_samples for t in total)
-        mean_sq = tuple(t / nt_samples for t in total_sq)
+        mean = tuple(t / nt_samples for t in total) if total is not None else None
+        mean_sq = tuple(t / nt_samples for t in total_sq) if total_sq is not None else None
         if nt_type == "smoothgrad":
             result = mean
         elif nt_type == "smoothgrad_sq":

@@ -226,6 +226,20 @@ class HookSession:
 
         self._call_handles.append(tensor.register_hook(hook))
 
+    def output_grad_hook(self, module: nn.Module, fn: Callable) -> None:
+        """``fn(scratch, grad)`` on the gradient arriving at ``module``'s output (all its consumers
+        summed) in this call's backward; a non-None return replaces it and the module's own
+        backward runs on that. Cheaper than a gradient rule where one suffices: no autograd node
+        of our own, just a tensor hook per call."""
+        ref = weakref.ref(self)
+
+        def post(scratch, mod, args, output):
+            session = ref()
+            if session is not None and isinstance(output, Tensor) and output.requires_grad:
+                session.tensor_hook(output, fn)
+
+        self.forward_hook(module, post)
+
     # -- lifecycle ------------------------------------------------------------------------------
     @property
     def registered(self) -> int:

@@ -35,10 +35,10 @@ def shared_uniform(rows: int) -> Tensor:
     n = _PER_EXAMPLE.get()
     if not n or rows % n:
         return torch.from_numpy(np.random.uniform(0.0, 1.0, rows))
-    return torch.from_numpy(np.random.uniform(0.0, 1.0, n)).repeat(rows // n)
+    return torch.from_numpy(np.random.uniform(0.0, 1.0, n)).expand(rows // n, n).reshape(-1)
 
 
 def shared_choice(k: int, n: int, n_examples: int) -> Tensor:
     """Indices into ``k`` baselines for ``n`` samples of each of ``n_examples`` examples (laid out
     example after example), the same ``n`` indices for every example."""
-    return torch.from_numpy(np.random.choice(k, n)).repeat(n_examples)
+    return torch.from_numpy(np.random.choice(k, n)).expand(n_examples, n).reshape(-1)

@@ -108,9 +108,9 @@ class NoiseTunnel(Attribution):
         attr_was_tuple = was_tuple
         for sl in chunks(nt_samples, nt_samples_batch_size):
             n = sl.stop - sl.start
-            noisy = tuple(
-                x.repeat_interleave(n, dim=0) + e[sl].repeat((bsz,) + (1,) * (x.dim() - 1))
-                if e is not None else x.repeat_interleave(n, dim=0)
+            noisy = tuple(  # example after example, n samples each: (bsz, n, ...) flattened
+                (x.unsqueeze(1) + e[sl].unsqueeze(0) if e is not None else x.unsqueeze(1).expand(-1, n, *x.shape[1:]))
+                .reshape(-1, *x.shape[1:])
                 for x, e in zip(inputs, noise)
             )
             part_kwargs = _expand_kwargs(kwargs, inputs, n, draw_baseline_from_distrib)

@@ -135,7 +135,7 @@ def _maxpool(route: Callable, true_route: Optional[Callable], eps: float) -> Cal
 
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         with torch.no_grad():
-            if len(rec.saved) == 6:
+            if len(rec.saved) == 6:  # prepared per window (disjoint windows)
                 a0, a1, b1, i0, i1, shape = rec.saved
                 g0, g1 = rec.grad_output.reshape(2, *i0.shape)
                 at_i0, at_i1 = a0 * g0, torch.addcmul(a1 * g0, b1, g1)

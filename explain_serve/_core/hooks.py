@@ -30,21 +30,24 @@ from torch import Tensor, nn
 class GradRecord:
     """What a gradient rule sees for one call of a module."""
 
-    __slots__ = ("module", "inputs", "outputs", "grad_output", "saved", "graph")
+    __slots__ = ("module", "inputs", "outputs", "grad_output", "saved")
 
-    def __init__(self, module: nn.Module, inputs: Tensor):
+    def __init__(self, module: nn.Module, inputs: Optional[Tensor]):
         self.module = module
         self.inputs = inputs
         self.outputs: Optional[Tensor] = None
         self.grad_output: Optional[Tensor] = None
-        self.saved: Any = None  # what ``capture(output)`` kept from the forward (e.g. pooling indices)
-        self.graph: Optional[Tuple[Tensor, Tensor]] = None  # (input, output) of a replaced backward
+        self.saved: Any = None  # what ``prepare(module, input, output)`` computed in the forward
 
-    def module_grad(self) -> Tensor:
-        """The module's own input gradient for ``grad_output``, computed on demand where its
-        backward was replaced (``replace_gradient``)."""
-        x, y = self.graph  # type: ignore[misc]
-        return torch.autograd.grad(y, x, self.grad_output, retain_graph=True)[0]
+    def module_grad(self, inputs: Optional[Tensor] = None) -> Tensor:
+        """The module's own input gradient for ``grad_output`` at ``inputs`` (default: the
+        record's), computed on demand where its backward was replaced (``replace_gradient``): the
+        module's forward again, without hooks (rules need it rarely; keeping the module's graph
+        for it would hold its saved tensors until the call ends)."""
+        x = (self.inputs if inputs is None else inputs).detach().requires_grad_(True)  # type: ignore[union-attr]
+        with torch.enable_grad():
+            y = self.module.forward(x)
+        return torch.autograd.grad(y, x, self.grad_output)[0]
 
 
 class _InputTap(torch.autograd.Function):
@@ -83,17 +86,36 @@ class _OutputTap(torch.autograd.Function):
 
 class _Replaced(torch.autograd.Function):
     """A module's output whose backward to the module's input is a rule: the module's own backward
-    is not in the graph and never runs."""
+    is not in the graph and never runs. What the rule needs is saved for backward, so autograd
+    frees it once the node has run, as it does a module's own saved tensors."""
 
     @staticmethod
-    def forward(ctx, x, y, record, rule):  # type: ignore[override]
+    def forward(ctx, x, y, record, rule, state):  # type: ignore[override]
         ctx.record, ctx.rule = record, rule
+        if state is None:  # the rule reads the module's input and output
+            ctx.rest = None
+            ctx.save_for_backward(x, y)
+        else:
+            ctx.rest = tuple(_TENSOR if isinstance(t, Tensor) else t for t in state)
+            ctx.save_for_backward(*(t for t in state if isinstance(t, Tensor)))
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        ctx.record.grad_output = grad
-        return ctx.rule(ctx.record, None), None, None, None
+        record, saved = ctx.record, ctx.saved_tensors
+        if ctx.rest is None:
+            record.inputs, record.outputs = saved[0].detach(), saved[1]
+        else:
+            tensors = iter(saved)
+            record.saved = tuple(next(tensors) if t is _TENSOR else t for t in ctx.rest)
+        record.grad_output = grad
+        try:
+            return ctx.rule(record, None), None, None, None, None
+        finally:  # the record holds nothing after the rule: the rest of the backward runs in less memory
+            record.inputs = record.outputs = record.grad_output = record.saved = None
+
+
+_TENSOR = object()  # a tensor's slot in a prepared state
 
 
 GradRule = Callable[[GradRecord, Tensor], Tensor]
@@ -133,7 +155,7 @@ class HookSession:
         self._handles.append(module.register_forward_pre_hook(self._guard(fn)))
 
     def override_gradient(self, module: nn.Module, rule: GradRule, output_rule: Optional[GradRule] = None,
-                          capture: Optional[Callable[[Tensor], Any]] = None) -> None:
+                          prepare: Optional[Callable[[nn.Module, Tensor, Tensor], Any]] = None) -> None:
         """Replace the gradient from ``module``'s output to its first input by ``rule(record, grad)``.
 
         ``grad`` is the module's true input gradient; ``record`` holds the detached input and output
@@ -141,8 +163,9 @@ class HookSession:
         forward and for in-place modules. ``output_rule(record, grad_output)``, if given, replaces
         the gradient entering the module's own backward (``grad`` is then the module's backward of
         that), e.g. a normalisation that makes the module's vector-Jacobian product do the rest.
-        ``capture(output)``, if given, keeps something the forward already computed in
-        ``record.saved`` so that the rule need not recompute it.
+        ``prepare(module, input, output)``, if given, runs in the forward and its result is the record's
+        ``saved``: what the rule needs, computed while the forward's tensors are at hand (the input
+        comes detached, the output with its graph: detach what is computed from it).
         """
         stack_key = ("override", id(module))
 
@@ -159,31 +182,31 @@ class HookSession:
             if record is None or not isinstance(output, Tensor):
                 return None
             record.outputs = output.detach()
-            if capture is not None:
-                record.saved = capture(output)
+            if prepare is not None:
+                record.saved = prepare(mod, record.inputs, output)
             return _OutputTap.apply(output, record, output_rule)
 
         self.forward_pre_hook(module, pre)
         self.forward_hook(module, post)
 
-    def replace_gradient(self, module: nn.Module, rule: GradRule, capture: Optional[Callable[[Tensor], Any]] = None) -> None:
+    def replace_gradient(self, module: nn.Module, rule: GradRule,
+                         prepare: Optional[Callable[[nn.Module, Tensor, Tensor], Any]] = None) -> None:
         """Like ``override_gradient`` but cheaper: ``rule(record, None)`` is the whole gradient from
         ``module``'s output to its first input and the module's own backward is skipped (a rule
-        that needs it calls ``record.module_grad()``). In-place modules overwrite their input, so
-        they go through ``override_gradient`` (then ``grad`` is given)."""
+        that needs it calls ``record.module_grad(...)``). With ``prepare``, which returns a tuple, the
+        rule gets only that tuple as ``record.saved``, so the module's input and output need not
+        live until the backward; without it, ``record.inputs``/``outputs``.
+        In-place modules overwrite their input, so they go through ``override_gradient`` (then
+        ``grad`` is given, and the record has its inputs and outputs too)."""
         if getattr(module, "inplace", False):
-            self.override_gradient(module, rule, capture=capture)
+            self.override_gradient(module, rule, prepare=prepare)
             return
 
         def post(scratch, mod, args, output):
             if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad or not isinstance(output, Tensor):
                 return None
-            record = GradRecord(mod, args[0].detach())
-            record.outputs = output.detach()
-            record.graph = (args[0], output)
-            if capture is not None:
-                record.saved = capture(output)
-            return _Replaced.apply(args[0], record.outputs, record, rule)
+            state = None if prepare is None else prepare(mod, args[0].detach(), output)
+            return _Replaced.apply(args[0], output.detach(), GradRecord(mod, None), rule, state)
 
         self.forward_hook(module, post)
 
@@ -202,6 +225,20 @@ class HookSession:
             return fn(session.scratch, grad)
 
         self._call_handles.append(tensor.register_hook(hook))
+
+    def output_grad_hook(self, module: nn.Module, fn: Callable) -> None:
+        """``fn(scratch, grad)`` on the gradient arriving at ``module``'s output (all its consumers
+        summed) in this call's backward; a non-None return replaces it and the module's own
+        backward runs on that. Cheaper than a gradient rule where one suffices: no autograd node
+        of our own, just a tensor hook per call."""
+        ref = weakref.ref(self)
+
+        def post(scratch, mod, args, output):
+            session = ref()
+            if session is not None and isinstance(output, Tensor) and output.requires_grad:
+                session.tensor_hook(output, fn)
+
+        self.forward_hook(module, post)
 
     # -- lifecycle ------------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ from them (a layer's gradients, for internal influence), one total per returned 
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -19,11 +20,19 @@ from .batching import chunks
 GradAt = Callable[[Tuple[Tensor, ...], int], Tuple[Tensor, ...]]
 
 
+@lru_cache(maxsize=64)
+def _as_tensor(values: Tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A rule's alphas or weights as a tensor, cached per (values, dtype, device): every call of a
+    path method uses the same few (do not modify the result)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def path_points(start: Sequence[Tensor], end: Sequence[Tensor], alphas: Sequence[float]) -> Tuple[Tensor, ...]:
     """Points ``start + alpha (end - start)`` for each alpha, stacked step-major on the batch axis."""
     points = []
+    alphas = tuple(alphas)
     for s, e in zip(start, end):
-        a = torch.as_tensor(list(alphas), dtype=e.dtype, device=e.device).view(-1, *([1] * e.dim()))
+        a = _as_tensor(alphas, e.dtype, e.device).view(-1, *([1] * e.dim()))
         points.append((s.unsqueeze(0) + a * (e - s).unsqueeze(0)).reshape(-1, *e.shape[1:]))
     return tuple(points)
 
@@ -45,7 +54,7 @@ def integrate(
         if not totals:  # grad_at may return any number of tensors (e.g. a layer's), step-major
             totals = [None] * len(grads)
         for i, g in enumerate(grads):
-            w = torch.as_tensor(list(weights[sl]), dtype=g.dtype, device=g.device)
-            part = torch.tensordot(w, g.reshape(k, n, *g.shape[1:]), dims=1)
+            w = _as_tensor(tuple(weights[sl]), g.dtype, g.device)
+            part = (w @ g.reshape(k, -1)).view(n, *g.shape[1:])  # sum_k w_k g_k
             totals[i] = part if totals[i] is None else totals[i] + part
     return tuple(totals)  # type: ignore[return-value]

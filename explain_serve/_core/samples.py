@@ -14,6 +14,8 @@ from contextvars import ContextVar
 from typing import Iterator, Optional
 
 import numpy as np
+import torch
+from torch import Tensor
 
 _PER_EXAMPLE: ContextVar[Optional[int]] = ContextVar("explain_serve_samples_per_example", default=None)
 
@@ -27,15 +29,17 @@ def samples_per_example(n: int) -> Iterator[None]:
         _PER_EXAMPLE.reset(token)
 
 
-def shared_uniform(rows: int) -> np.ndarray:
-    """``rows`` draws from U(0, 1): one per sample, repeated for every example when the layout is known."""
+def shared_uniform(rows: int) -> Tensor:
+    """``rows`` draws from U(0, 1) (float64): one per sample, repeated for every example when the
+    layout is known."""
     n = _PER_EXAMPLE.get()
     if not n or rows % n:
-        return np.random.uniform(0.0, 1.0, rows)
-    return np.tile(np.random.uniform(0.0, 1.0, n), rows // n)
+        return torch.from_numpy(np.random.uniform(0.0, 1.0, rows))
+    return torch.from_numpy(np.random.uniform(0.0, 1.0, n)).expand(rows // n, n).reshape(-1)
 
 
-def shared_choice(k: int, n: int, n_examples: int) -> np.ndarray:
+def shared_choice(k: int, n: int, n_examples: int) -> Tensor:
     """Indices into ``k`` baselines for ``n`` samples of each of ``n_examples`` examples (laid out
-    example after example), the same ``n`` indices for every example."""
-    return np.tile(np.random.choice(k, n), n_examples)
+    example after example), the same ``n`` indices for every example. ``randint(0, k, n)`` is the
+    draw ``np.random.choice(k, n)`` makes (legacy RandomState, uniform with replacement), cheaper."""
+    return torch.from_numpy(np.random.randint(0, k, n)).expand(n_examples, n).reshape(-1)

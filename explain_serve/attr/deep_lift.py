@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -40,22 +40,32 @@ def _halves(t: Tensor) -> Tensor:
     return t.view((2, t.shape[0] // 2) + tuple(t.shape[1:]))
 
 
-def _where_small(rec: GradRecord, grad, small: Tensor, value: Tensor) -> Tensor:
-    """``value`` (2, n, ...) with the module's own gradient where ``|delta_in| < eps``; ``grad`` is
-    that gradient, or None when the backward was replaced (then computed only if needed)."""
-    if grad is None:
-        if not bool(small.any()):
-            return value.reshape(rec.inputs.shape)
-        grad = rec.module_grad()
-    return torch.where(small, _halves(grad), value).view(rec.inputs.shape)
+def _any_small(d_in: Tensor, eps: float) -> bool:
+    """Whether some ``|d_in| < eps`` (then the module's own gradient is used there); ``d_in``
+    becomes ``|d_in|``. One in-place pass and a reduction, no mask: the common case needs none."""
+    return d_in.numel() > 0 and d_in.abs_().amin().item() < eps
+
+
+def _rescale_prepare(eps: float) -> Callable:
+    """In the forward: the Rescale multipliers ``delta_out / delta_in`` (one half: the differences
+    are the same for both rows of a pair), and the input only where some ``delta_in`` is tiny."""
+    def prepare(module: nn.Module, x: Tensor, y: Tensor):
+        (x0, x1), (y0, y1) = x.chunk(2), y.detach().chunk(2)
+        d_in = x0 - x1
+        ratio = (y0 - y1).div_(d_in)
+        return ratio, (x if _any_small(d_in, eps) else None)
+    return prepare
 
 
 def _rescale(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
-        x, y = _halves(rec.inputs), _halves(rec.outputs)
-        d_in = x[0] - x[1]  # one half: the differences are the same for both rows of a pair
-        ratio = (y[0] - y[1]).div_(d_in)
-        return _where_small(rec, grad, d_in.abs() < eps, _halves(rec.grad_output) * ratio)
+        ratio, x = rec.saved
+        value = _halves(rec.grad_output) * ratio
+        if x is None:
+            return value.view(rec.grad_output.shape)
+        xs = _halves(x)
+        true_grad = _halves(grad if grad is not None else rec.module_grad(x))
+        return torch.where((xs[0] - xs[1]).abs_() < eps, true_grad, value).view(x.shape)
     return rule
 
 
@@ -68,27 +78,85 @@ def _softmax(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
     return rule
 
 
-def _pool_indices(output: Tensor):
-    """The argmax indices max_pool2d/3d saved for their backward (None where not available)."""
-    return getattr(output.grad_fn, "_saved_result1", None)
+def _windows_disjoint(m: nn.Module) -> bool:
+    """Whether every input position lies in at most one pooling window (stride >= kernel, no
+    dilation): then each window routes to its two argmaxes and nowhere else."""
+    def dims(v):
+        return list(v) if isinstance(v, (tuple, list)) else [v]
+    kernel, stride, n = dims(m.kernel_size), dims(m.stride), max(len(dims(m.kernel_size)), len(dims(m.stride)))
+    kernel, stride = kernel * n if len(kernel) == 1 else kernel, stride * n if len(stride) == 1 else stride
+    return all(d == 1 for d in dims(m.dilation)) and all(s >= k for s, k in zip(stride, kernel))
 
 
-def _maxpool(pool: Callable, route: Callable, eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
-    """``route(grad, inputs, indices, module)`` sends output gradients to the argmax positions."""
+def _disjoint_coefficients(x: Tensor, y: Tensor, idx: Tensor, n_spatial: int, eps: float):
+    """In the forward, for disjoint windows: what each window's output gradients (of the input row,
+    g0, and of the baseline row, g1) give at the window's argmaxes (``i0`` of the input, ``i1`` of
+    the baseline), per row: ``a0 * g0`` at ``i0`` and ``a1 * g0 + b1 * g1`` at ``i1``, written in
+    that order, so that where both argmaxes coincide the second write, which holds both shares,
+    wins. That is the rule below, with the pool's own gradient where ``|delta_in| < eps``; no bool
+    tensors (slow on CPU)."""
+    flat_in = x.reshape(2, -1, x.shape[-n_spatial:].numel())  # (row, plane, position)
+    y0, y1 = y.reshape(2, flat_in.shape[1], -1)
+    i0, i1 = idx.reshape(2, *y0.shape)
+    y_max = torch.max(y0, y1)
+    c0, c1 = y_max - y1, y0 - y_max  # delta_out routed through the input's / the baseline's argmax
+    d0 = flat_in[1].gather(1, i0).neg_().add_(y0)  # delta_in at i0 (the input there is y0)
+    d1 = flat_in[0].gather(1, i1).sub_(y1)  # ... at i1
+    same = torch.eq(i0, i1, out=torch.empty_like(y0))  # both argmaxes at one position: it gets both
+    c0_at_i1 = c0.mul(same)
+    if not (_any_small(d0.clone(), eps) or _any_small(d1.clone(), eps)):
+        return c0.div_(d0).unsqueeze(0), c0_at_i1.div_(d1).unsqueeze(0), c1.div_(d1).unsqueeze(0), i0, i1
+    # |delta_in| < eps: the pool's own gradient there, per row: g_h at its own argmax, and at the
+    # other row's argmax only where both coincide. Divisors made 1 there, quotients zeroed.
+    s0, s1 = d0.abs().lt_(eps), d1.abs().lt_(eps)
+    a0 = c0.div_(d0.add_(s0)).mul_(1 - s0)
+    keep1 = 1 - s1
+    d1.add_(s1)
+    a1, b1 = c0_at_i1.div_(d1).mul_(keep1), c1.div_(d1).mul_(keep1)
+    return torch.stack([a0 + s0, a0]), torch.stack([a1 + same * s1, a1]), torch.stack([b1, b1 + s1]), i0, i1
+
+
+def _maxpool_prepare(pool: Callable, n_spatial: int, eps: float) -> Callable:
+    def prepare(m: nn.Module, x: Tensor, y: Tensor):
+        idx = getattr(y.grad_fn, "_saved_result1", None)  # the argmax indices max_pool saved for its backward
+        if idx is None or idx.shape != y.shape:
+            _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        y = y.detach()
+        if _windows_disjoint(m):
+            return (*_disjoint_coefficients(x, y, idx, n_spatial, eps), x.shape)
+        return x, y, idx
+    return prepare
+
+
+def _maxpool(route: Callable, true_route: Optional[Callable], eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
+    """Dense (overlapping windows): ``route(grad, inputs, indices, module)`` sends output gradients
+    to the argmax positions; ``true_route`` is max_pool's own backward (None: ask autograd).
+    Disjoint windows: the coefficients prepared in the forward, then two scatters."""
 
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
-        m: nn.Module = rec.module
         with torch.no_grad():
-            y = _halves(rec.outputs)
-            y_max = torch.max(y[0], y[1])
-            d_out = torch.stack([y_max - y[1], y[0] - y_max]).view_as(rec.outputs)
-            idx = rec.saved
-            if idx is None or idx.shape != rec.outputs.shape:
-                _, idx = pool(rec.inputs, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-            routed = _halves(route(rec.grad_output * d_out, rec.inputs, idx, m))
-            x = _halves(rec.inputs)
-            d_in = x[0] - x[1]
-            return _where_small(rec, grad, d_in.abs() < eps, (routed[0] + routed[1]).div_(d_in).expand_as(routed))
+            if len(rec.saved) == 6:  # prepared per window (disjoint windows)
+                a0, a1, b1, i0, i1, shape = rec.saved
+                g0, g1 = rec.grad_output.reshape(2, *i0.shape)
+                at_i0, at_i1 = a0 * g0, torch.addcmul(a1 * g0, b1, g1)
+                out = g0.new_zeros((2, i0.shape[0], shape.numel() // (2 * i0.shape[0])))
+                out.scatter_(2, i0.expand(2, -1, -1), at_i0.expand(2, -1, -1))
+                out.scatter_(2, i1.expand(2, -1, -1), at_i1.expand(2, -1, -1))
+                return out.view(shape)
+            x, y, idx = rec.saved
+            m: nn.Module = rec.module
+            ys = _halves(y)
+            y_max = torch.max(ys[0], ys[1])
+            d_out = torch.stack([y_max - ys[1], ys[0] - y_max]).view_as(y)
+            routed = _halves(route(rec.grad_output * d_out, x, idx, m))
+            xs = _halves(x)
+            d_in = xs[0] - xs[1]
+            value = (routed[0] + routed[1]).div_(d_in).expand_as(routed)
+            if not _any_small(d_in, eps):
+                return value.reshape(x.shape)
+            if grad is None:
+                grad = rec.module_grad(x) if true_route is None else true_route(rec.grad_output, x, idx, m)
+            return torch.where(d_in < eps, _halves(grad), value).view(x.shape)
     return rule
 
 
@@ -101,22 +169,26 @@ def _pool_backward(op: Callable) -> Callable:
     return lambda g, x, idx, m: op(g, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, idx)
 
 
-_MAXPOOLS = {
-    nn.MaxPool1d: (F.max_pool1d, _unpool(F.max_unpool1d)),
-    nn.MaxPool2d: (F.max_pool2d, _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)),
-    nn.MaxPool3d: (F.max_pool3d, _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)),
+_POOL2D_BACKWARD = _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)
+_POOL3D_BACKWARD = _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)
+_MAXPOOLS = {  # pool, spatial dims, DeepLift's routing, the pool's own backward (None: autograd's)
+    nn.MaxPool1d: (F.max_pool1d, 1, _unpool(F.max_unpool1d), None),
+    nn.MaxPool2d: (F.max_pool2d, 2, _POOL2D_BACKWARD, _POOL2D_BACKWARD),
+    nn.MaxPool3d: (F.max_pool3d, 3, _POOL3D_BACKWARD, _POOL3D_BACKWARD),
 }
 
 
 @lru_cache(maxsize=8)
-def rules(eps: float) -> Dict[Type[nn.Module], Callable]:
-    """Gradient rule per supported module type (built once per ``eps``; do not modify)."""
-    rescale = _rescale(eps)
+def rules(eps: float) -> Dict[Type[nn.Module], Tuple[Callable, Callable]]:
+    """(gradient rule, its forward-side ``prepare``) per supported module type (built once per
+    ``eps``; do not modify)."""
+    rescale = (_rescale(eps), _rescale_prepare(eps))
     table = {
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
-        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: _softmax(eps),
+        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: (_softmax(eps), rescale[1]),
     }
-    table.update({t: _maxpool(pool, route, eps) for t, (pool, route) in _MAXPOOLS.items()})
+    table.update({t: (_maxpool(route, true_route, eps), _maxpool_prepare(pool, n_spatial, eps))
+                  for t, (pool, n_spatial, route, true_route) in _MAXPOOLS.items()})
     return table
 
 
@@ -145,9 +217,9 @@ class DeepLift(GradientAttribution, HookedMethod):
     def _install_hooks(self, session: HookSession) -> None:
         table = rules(self.eps)
         for module in self.model.modules():
-            rule = table.get(type(module))
-            if rule is not None:
-                session.replace_gradient(module, rule, capture=_pool_indices if type(module) in _MAXPOOLS else None)
+            entry = table.get(type(module))
+            if entry is not None:
+                session.replace_gradient(module, entry[0], prepare=entry[1])
 
     def multipliers(self, inputs, baselines, target, args):
         """DeepLift multipliers d(score)/d(input) under the Rescale rules (tuples in and out)."""

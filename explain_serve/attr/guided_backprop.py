@@ -17,6 +17,14 @@ from .._core.inputs import as_tuple, format_args, format_output, is_tuple
 from ._base import GradientAttribution
 
 
+def _positive_part(scratch, grad: torch.Tensor) -> torch.Tensor:
+    return F.relu(grad)
+
+
+def _positive_output_gradient(rec: GradRecord, grad) -> torch.Tensor:
+    return F.relu(rec.grad_output)
+
+
 class ModifiedReluGradientAttribution(GradientAttribution, HookedMethod):
     use_relu_grad_output = False
 
@@ -26,17 +34,13 @@ class ModifiedReluGradientAttribution(GradientAttribution, HookedMethod):
         super().__init__(model)
         self.model = model
 
-    def _rule(self, rec: GradRecord, grad):
-        if self.use_relu_grad_output:
-            return F.relu(rec.grad_output)
-        if grad is None:  # the ReLU's own backward was skipped (replace_gradient): its gradient
-            return torch.ops.aten.threshold_backward(F.relu(rec.grad_output), rec.inputs, 0.0)
-        return F.relu(grad)
-
     def _install_hooks(self, session: HookSession) -> None:
         for module in self.model.modules():
             if isinstance(module, nn.ReLU):
-                session.replace_gradient(module, self._rule)
+                if self.use_relu_grad_output:  # the ReLU's own backward (its mask) skipped
+                    session.replace_gradient(module, _positive_output_gradient)
+                else:  # relu of the output gradient, then the ReLU's own mask: relu(grad_in)
+                    session.output_grad_hook(module, _positive_part)
 
     def attribute(self, inputs, target=None, additional_forward_args=None):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)

@@ -108,9 +108,9 @@ class NoiseTunnel(Attribution):
         attr_was_tuple = was_tuple
         for sl in chunks(nt_samples, nt_samples_batch_size):
             n = sl.stop - sl.start
-            noisy = tuple(
-                x.repeat_interleave(n, dim=0) + e[sl].repeat((bsz,) + (1,) * (x.dim() - 1))
-                if e is not None else x.repeat_interleave(n, dim=0)
+            noisy = tuple(  # example after example, n samples each: (bsz, n, ...) flattened
+                (x.unsqueeze(1) + e[sl].unsqueeze(0) if e is not None else x.unsqueeze(1).expand(-1, n, *x.shape[1:]))
+                .reshape(-1, *x.shape[1:])
                 for x, e in zip(inputs, noise)
             )
             part_kwargs = _expand_kwargs(kwargs, inputs, n, draw_baseline_from_distrib)
@@ -123,13 +123,15 @@ class NoiseTunnel(Attribution):
                 deltas.append(delta)
             attr_was_tuple = isinstance(out, tuple)
             out = as_tuple(out)
-            sums = tuple(a.reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
-            sqs = tuple((a * a).reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
-            total = sums if total is None else tuple(t + s for t, s in zip(total, sums))
-            total_sq = sqs if total_sq is None else tuple(t + s for t, s in zip(total_sq, sqs))
+            if nt_type != "smoothgrad_sq":
+                sums = tuple(a.reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
+                total = sums if total is None else tuple(t + s for t, s in zip(total, sums))
+            if nt_type != "smoothgrad":
+                sqs = tuple((a * a).reshape(bsz, n, *a.shape[1:]).sum(1) for a in out)
+                total_sq = sqs if total_sq is None else tuple(t + s for t, s in zip(total_sq, sqs))
 
-        mean = tuple(t / nt_samples for t in total)
-        mean_sq = tuple(t / nt_samples for t in total_sq)
+        mean = tuple(t / nt_samples for t in total) if total is not None else None
+        mean_sq = tuple(t / nt_samples for t in total_sq) if total_sq is not None else None
         if nt_type == "smoothgrad":
             result = mean
         elif nt_type == "smoothgrad_sq":

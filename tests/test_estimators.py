@@ -43,7 +43,7 @@ def _rel_err(est, exact):
 # --------------------------------------------------------------------------------------------
 # the Kernel SHAP design
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("m, n", [(10, 256), (10, 1024), (30, 256), (7, 40), (6, 5), (2, 10), (1, 8)])
+@pytest.mark.parametrize("m, n", [(10, 256), (10, 1024), (30, 256), (70, 400), (7, 40), (6, 5), (2, 10), (1, 8)])
 def test_kernel_design_structure(m, n):
     torch.manual_seed(0)
     z, w = kernel_design(m, n)
@@ -59,7 +59,7 @@ def test_kernel_design_structure(m, n):
         torch.testing.assert_close(w.sum(), size_mass(m)[present].sum(), rtol=1e-12, atol=0)
         torch.testing.assert_close(kernel_weights(z), w, rtol=0, atol=0)
     # enumerated sizes: all their coalitions, exactly once, with weight W(k) / C(m, k)
-    enumerated = [k for k in range(1, m) if (w[sizes == k] == size_mass(m)[k] / math.comb(m, k)).all()
+    enumerated = [k for k in range(1, m) if (w[sizes == k] == size_mass(m)[k] / float(math.comb(m, k))).all()
                   and int((sizes == k).sum()) == math.comb(m, k)]
     for k in enumerated:
         assert len({tuple(r.tolist()) for r in z[sizes == k]}) == math.comb(m, k)
@@ -78,7 +78,7 @@ def test_kernel_design_structure(m, n):
     strata = [s for s in strata if s not in enumerated]
     if strata and sampled.shape[0]:
         counts = torch.tensor([int((small == s).sum()) for s in strata])
-        capacity = torch.tensor([math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata])
+        capacity = torch.tensor([min(math.comb(m, s) // (2 if 2 * s == m else 1), 2 ** 62) for s in strata])
         two = torch.tensor([1.0 if 2 * s == m else 2.0 for s in strata])
         shared = counts < capacity
         if shared.any():
@@ -99,6 +99,15 @@ def test_design_rank_bound_holds_and_leaves_the_fit_unchanged(m, n):
         assert int(torch.linalg.matrix_rank(zf @ _sum_zero_basis(m), atol=1e-8)) <= bound
         y = torch.randn(3, z.shape[0], dtype=torch.float64)
         assert torch.equal(constrained_fit(zf, w, y, rank_bound=bound), constrained_fit(zf, w, y))
+
+
+def test_kernel_design_with_more_coalitions_than_a_float_holds():
+    """1100 features: C(1100, 550) overflows a double; the design is still drawn, all distinct."""
+    torch.manual_seed(0)
+    z, w = kernel_design(1100, 300)
+    sizes = z.sum(1)
+    assert z.shape == (300, 1100) and len({tuple(r.tolist()) for r in z}) == 300
+    torch.testing.assert_close(w.sum(), size_mass(1100)[sizes[2:].unique()].sum(), rtol=1e-12, atol=0)
 
 
 def test_kernel_design_enumerates_the_heaviest_sizes():

@@ -71,8 +71,8 @@ def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
         k += 1
     enumerated = torch.cat(rows) if rows else torch.zeros(0, m, dtype=torch.bool)
     strata = torch.arange(k, m // 2 + 1)
-    capacity = torch.tensor([math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata.tolist()],
-                            dtype=torch.float64)
+    capacity = torch.tensor([min(math.comb(m, s) // (2 if 2 * s == m else 1), 2 ** 62) for s in strata.tolist()],
+                            dtype=torch.float64)  # capped: far beyond any budget, and within a float
     n_sampled = min(budget, 2 * int(capacity.sum())) if len(strata) else 0
     return enumerated, n_sampled, strata, capacity
 

@@ -192,11 +192,3 @@ def run_forward(
     if not isinstance(output, Tensor):
         output = torch.as_tensor(output)
     return select_targets(output, target)
-
-
-def expand_inputs(inputs: Tuple[Tensor, ...], n: int, interleave: bool = False) -> Tuple[Tensor, ...]:
-    if n == 1:
-        return inputs
-    if interleave:
-        return tuple(x.repeat_interleave(n, dim=0) for x in inputs)
-    return tuple(torch.cat([x] * n, dim=0) for x in inputs)

@@ -11,9 +11,11 @@ Design for a budget of ``n`` coalitions (the full and the empty one included):
 - sizes are visited in pairs ``(k, M - k)`` from the heaviest (``k = 1``) inwards; a pair is
   *enumerated* (all its coalitions, exact kernel weights) while sampling it would be expected to
   draw at least as many coalitions as it has (``budget * share of the remaining weight >= count``);
-- the rest of the budget is *sampled* in complementary pairs (Covert & Lee 2021): a size from the
-  kernel over the sizes left, a uniform subset of that size, and its complement; each sampled
-  coalition carries an equal share of the remaining weight.
+- the rest of the budget is *sampled* in complementary pairs (Covert & Lee 2021), stratified
+  uniformly over the sizes left (the leverage scores ``1 / C(M, |z|)`` of Musco & Witter 2025:
+  each size gets the floor or the ceiling of an even share) and without replacement within a
+  size; each size's kernel mass is spread evenly over the design's coalitions of that size
+  (``kernel_weights``), which keeps the fit consistent.
 
 The design depends only on ``(M, n)`` and the random draws, never on the examples, so a batch is
 explained with one design (batch == per example under a seed) and one pseudo-inverse.
@@ -43,7 +45,7 @@ def size_mass(m: int) -> Tensor:
 
 
 @lru_cache(maxsize=64)
-def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
+def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, List[int]]:
     """Enumerated coalitions, the number to sample, and the sampled strata: the smaller size ``s``
     of each size pair ``(s, m - s)`` left and how many distinct complementary pairs it holds
     (cached: it only depends on ``m, n``)."""
@@ -71,9 +73,8 @@ def _plan(m: int, n_samples: int) -> Tuple[Tensor, int, Tensor, Tensor]:
         k += 1
     enumerated = torch.cat(rows) if rows else torch.zeros(0, m, dtype=torch.bool)
     strata = torch.arange(k, m // 2 + 1)
-    capacity = torch.tensor([min(math.comb(m, s) // (2 if 2 * s == m else 1), 2 ** 62) for s in strata.tolist()],
-                            dtype=torch.float64)  # capped: far beyond any budget, and within a float
-    n_sampled = min(budget, 2 * int(capacity.sum())) if len(strata) else 0
+    capacity = [math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata.tolist()]
+    n_sampled = min(budget, 2 * sum(capacity))
     return enumerated, n_sampled, strata, capacity
 
 
@@ -95,28 +96,29 @@ def _fixed_rows(m: int, n_samples: int) -> Tuple[Tensor, int, _Strata]:
     enumerated, n_sampled, strata, capacity = _plan(m, n_samples)
     ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
     whole, share = _even_allocation((n_sampled + 1) // 2, strata, m, capacity)
-    sampled = _Strata(strata.tolist(), whole.tolist(), [0.0] + share.cumsum(0).tolist(),
-                      [math.comb(m, s) // (2 if 2 * s == m else 1) for s in strata.tolist()])
+    sampled = _Strata(strata.tolist(), whole.tolist(), [0.0] + share.cumsum(0).tolist(), capacity)
     return torch.cat([ends, enumerated]), n_sampled, sampled
 
 
-def _even_allocation(n_pairs: int, strata: Tensor, m: int, capacity: Tensor) -> Tuple[Tensor, Tensor]:
+def _even_allocation(n_pairs: int, strata: Tensor, m: int, pairs: List[int]) -> Tuple[Tensor, Tensor]:
     """Expected pairs per stratum, uniform over coalition sizes: a stratum ``(s, m - s)`` holds two
     sizes and gets twice the share of the middle one (``s = m / 2``). A stratum with fewer
     distinct pairs than its share is drawn whole and its excess goes to the others.
     Returns the whole strata's counts (0 for the others) and the others' shares (0 for the whole)."""
-    sizes = torch.where(2 * strata == m, 1.0, 2.0).to(torch.float64)
+    n_sizes = torch.where(2 * strata == m, 1.0, 2.0).to(torch.float64)
+    # capped: far beyond any budget, and within a float (C(1100, 550) is not)
+    capacity = torch.tensor([min(c, 2 ** 62) for c in pairs], dtype=torch.float64)
     whole = torch.zeros(capacity.shape[0], dtype=torch.long)
     free = torch.ones(capacity.shape[0], dtype=torch.bool)
     while n_pairs > 0 and bool(free.any()):
-        share = torch.where(free, n_pairs * sizes / float(sizes[free].sum()), 0.0)
+        share = torch.where(free, n_pairs * n_sizes / float(n_sizes[free].sum()), 0.0)
         full = free & (capacity <= share)
         if not bool(full.any()):
             return whole, share
         whole[full] = capacity[full].long()
         n_pairs -= int(whole[full].sum())
         free &= ~full
-    return whole, torch.zeros_like(sizes)
+    return whole, torch.zeros_like(n_sizes)
 
 
 @lru_cache(maxsize=16)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._core.progress import shows_progress
-from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_coalitions, kernel_weights
+from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_coalitions, kernel_weights, size_mass
 from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
@@ -59,10 +59,7 @@ class KernelShap(Lime):
     @staticmethod
     def _size_probs(num_features: int) -> Tensor:
         """Coalition-size distribution of the Shapley kernel over sizes 1..M-1 (index = size)."""
-        k = torch.arange(num_features, dtype=torch.float64)
-        probs = (num_features - 1) / (k * (num_features - k))
-        probs[0] = 0.0
-        return probs
+        return size_mass(num_features)[:num_features]
 
     # Captum-style per-sample functions (used when the sampler or similarity is replaced) ------
     def kernel_shap_similarity_kernel(self, _, __, interpretable_sample: Tensor, **kwargs: Any) -> Tensor:

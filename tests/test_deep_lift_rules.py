@@ -90,7 +90,8 @@ def test_max_pool_rule_matches_captum(case, baseline):
 
 
 def _literal_max_pool_rule(pool: nn.Module, x, grad_output, eps=1e-10):
-    """The max-pool rule position by position, for both rows of every (input, baseline) pair:
+    """The max-pool rule position by position, for both rows of every (input, baseline) pair
+    (``x`` is the inputs, then the baselines):
     where |x - b| < eps the pool's own gradient of that row, else the output differences of both
     rows' argmaxes, times their output gradients, summed and divided by x - b."""
     y, idx = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[x.dim() - 2](
@@ -113,20 +114,123 @@ def _literal_max_pool_rule(pool: nn.Module, x, grad_output, eps=1e-10):
 
 
 @pytest.mark.parametrize("case", list(POOLS) + ["pool2d-overlapping"])
-def test_max_pool_rule_matches_its_definition(case):
-    """Both rows of the rule's output (the baseline row's reaches the input through a later pool)."""
+@pytest.mark.parametrize("reference_rows", ["per-row", "shared", "tiled"])
+def test_max_pool_rule_matches_its_definition(case, reference_rows):
+    """The input row's gradient (both rows of a pair carry the same output gradient), with the
+    reference call's rows one per input row, one shared row, or two rows tiling the inputs."""
     from explain_serve._core.hooks import GradRecord
     from explain_serve.attr.deep_lift import rules
 
     _, pool, shape = POOLS.get(case) or (2, nn.MaxPool2d(3, stride=2), (6, 2, 9, 9))
     g = torch.Generator().manual_seed(5)
     x = torch.randn(shape, generator=g, dtype=D)
+    k = {"per-row": shape[0], "shared": 1, "tiled": 2}[reference_rows]
+    ref = torch.randn((k, *shape[1:]), generator=g, dtype=D)
+    b = ref.repeat(shape[0] // k, *([1] * (len(shape) - 1)))
     # equal to the input in places, else larger or smaller; rectified: whole windows equal as well
-    b = torch.where(torch.rand(x.shape, generator=g) < 0.5, x, torch.randn(x.shape, generator=g, dtype=D))
-    joined = torch.cat([x, b]).relu()
-    rule, prepare = rules(1e-10)[type(pool)]
-    record, output = GradRecord(pool, None), pool(joined)
-    record.saved = prepare(pool, joined, output)
+    if k == shape[0]:
+        b = ref = torch.where(torch.rand(x.shape, generator=g) < 0.5, x, ref)
+    else:  # the input equal to the (shared) baseline in places
+        x = torch.where(torch.rand(x.shape, generator=g) < 0.5, b, x)
+    x, b, ref = x.relu(), b.relu(), ref.relu()
+    _, rule, prepare, keep = rules(1e-10)[type(pool)]
+    record, output = GradRecord(pool, None), pool(x.requires_grad_())
+    record.saved = prepare(pool, x.detach(), output, *keep(pool, ref, pool(ref)))
     record.grad_output = torch.randn(output.shape, generator=g, dtype=D)
-    expected, _ = _literal_max_pool_rule(pool, joined, record.grad_output)
-    torch.testing.assert_close(rule(record, None), expected, rtol=1e-12, atol=1e-12)
+    expected, _ = _literal_max_pool_rule(pool, torch.cat([x.detach(), b]), record.grad_output.repeat(2, *([1] * (len(shape) - 1))))
+    torch.testing.assert_close(rule(record, None), expected[: shape[0]], rtol=1e-12, atol=1e-12)
+
+
+class _RowCounter(nn.Module):
+    """The MLP of these tests, noting the batch size of every forward."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.Softplus(), nn.Linear(6, 3)).to(D)
+        self.rows = []
+
+    def forward(self, x, scale=None):
+        self.rows.append(x.shape[0])
+        return self.net(x if scale is None else x * scale)
+
+
+X4 = torch.randn(4, 4, generator=torch.Generator().manual_seed(7), dtype=D)
+# baselines form -> (baselines, additional args, the rows the baselines' forward runs)
+REFERENCE_ROWS = {
+    "scalar": (0.5, None, 1),
+    "one row": (X4[:1] * 0.3, None, 1),
+    "one per row": (X4.flip(0) * 0.3, None, 4),
+    "one row, batched forward args": (X4[:1] * 0.3, (torch.linspace(1, 2, 4, dtype=D)[:, None],), 4),
+    "one row, unbatched forward args": (X4[:1] * 0.3, (torch.tensor(2.0, dtype=D),), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(REFERENCE_ROWS))
+def test_baselines_forward_runs_the_rows_it_needs(case):
+    """A baseline shared by the batch goes through the model once (one row); the attributions are
+    Captum's, which runs every baseline row beside its input."""
+    captum_attr = pytest.importorskip("captum.attr")
+    baselines, args, rows = REFERENCE_ROWS[case]
+    model = _RowCounter()
+    ours, delta = ea.DeepLift(model).attribute(X4, baselines, target=2, additional_forward_args=args,
+                                               return_convergence_delta=True)
+    assert model.rows[:2] == [rows, 4]  # the baselines' forward, then the inputs'
+    theirs = captum_attr.DeepLift(model).attribute(X4, baselines, target=2, additional_forward_args=args)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    assert delta.abs().max().item() < 1e-10
+
+
+def test_deep_lift_shap_runs_each_baseline_once():
+    captum_attr = pytest.importorskip("captum.attr")
+    model, dist = _RowCounter(), torch.randn(3, 4, generator=torch.Generator().manual_seed(8), dtype=D)
+    ours = ea.DeepLiftShap(model).attribute(X4, dist, target=1)
+    assert model.rows[:2] == [3, 12]  # three baselines, then every input against every baseline
+    torch.testing.assert_close(ours, captum_attr.DeepLiftShap(model).attribute(X4, dist, target=1), rtol=1e-10, atol=1e-12)
+
+
+class _ReusedRelu(nn.Module):
+    """One ReLU module applied twice (Captum's hooks cannot tell the calls apart)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(9)
+        self.a, self.b, self.c, self.relu = nn.Linear(4, 5), nn.Linear(5, 5), nn.Linear(5, 2), nn.ReLU()
+
+    def forward(self, x):
+        return self.c(self.relu(self.b(self.relu(self.a(x)))))
+
+
+def test_a_module_called_twice_pairs_each_call_with_its_baseline_call():
+    model = _ReusedRelu().to(D)
+    b = 0.2 * torch.randn(4, 4, generator=torch.Generator().manual_seed(10), dtype=D)
+    attr, delta = ea.DeepLift(model).attribute(X4, b, target=1, return_convergence_delta=True)
+    assert delta.abs().max().item() < 1e-10
+    # hand-derived: each ReLU call's multiplier is (relu(h) - relu(h_b)) / (h - h_b) of that call
+    ha, hb = model.a(X4), model.a(b)
+    m1 = (ha.relu() - hb.relu()) / (ha - hb)
+    ga, gb = model.b(ha.relu()), model.b(hb.relu())
+    m2 = (ga.relu() - gb.relu()) / (ga - gb)
+    mult = ((model.c.weight[1] * m2) @ model.b.weight * m1) @ model.a.weight
+    torch.testing.assert_close(attr, (X4 - b) * mult.detach(), rtol=1e-10, atol=1e-12)
+
+
+class _Branchy(nn.Module):
+    """Applies its ReLU once more where the input's sum is positive: calls depend on the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.relu = nn.Linear(4, 2).to(D), nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.lin(x))
+        return self.relu(h - 0.1) if x.sum() > 0 else h
+
+
+@pytest.mark.parametrize("x_sign,b_sign,message", [(1, -1, "more often for the inputs"), (-1, 1, r"more time\(s\) for the baseline")])
+def test_calls_that_depend_on_the_input_are_refused(x_sign, b_sign, message):
+    from explain_serve._core.errors import AttributionArgumentError
+
+    x = x_sign * torch.ones(2, 4, dtype=D)
+    with pytest.raises(AttributionArgumentError, match=message):
+        ea.DeepLift(_Branchy()).attribute(x, b_sign * torch.ones(2, 4, dtype=D), target=0)

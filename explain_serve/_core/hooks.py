@@ -14,17 +14,23 @@ between calls so a request pays no registration cost.
 Gradient rules come in two forms: ``override_gradient`` wraps a module between two identity
 taps and rewrites its true input gradient (the module's backward still runs); ``replace_gradient``
 puts one node after the module whose backward *is* the rule, so the module's own backward is not
-in the graph (cheaper; used by DeepLift).
+in the graph (cheaper; used by DeepLift); ``multiply_gradient``, for elementwise modules, needs no
+node of its own. A rule registered with a ``reference`` compares each
+call with the same call in a reference forward (DeepLift's baseline) run first inside
+``reference_pass(scratch)``: that forward has no backward, and the backward runs on the inputs only.
 """
 from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from .errors import AttributionArgumentError
 
 
 class GradRecord:
@@ -118,7 +124,59 @@ class _Replaced(torch.autograd.Function):
 _TENSOR = object()  # a tensor's slot in a prepared state
 
 
+def _times_saved(record: GradRecord, grad: Optional[Tensor]) -> Tensor:
+    """``multiply_gradient``'s rule on the copying path (in-place modules)."""
+    return record.grad_output * record.saved
+
+
 GradRule = Callable[[GradRecord, Tensor], Tensor]
+
+_REFERENCE_PASS = ("reference pass",)
+
+
+@contextmanager
+def reference_pass(scratch: Dict[Any, Any]) -> Iterator[None]:
+    """Make the enclosed forward the reference forward of the rules registered with a ``reference``:
+    what ``reference(module, input, output)`` keeps of each of their calls is paired, in call order
+    per module, with the calls of the forward that follows. (No backward runs through it; with grad
+    enabled, a rule can read what an op saved for its backward, such as max pooling's indices.)"""
+    scratch[_REFERENCE_PASS] = True
+    try:
+        yield
+    finally:
+        scratch.pop(_REFERENCE_PASS, None)
+
+
+def check_references_paired(scratch: Dict[Any, Any]) -> None:
+    """Raise if the reference forward called a hooked module more often than the forward after it."""
+    for key, queue in scratch.items():
+        if isinstance(key, tuple) and key[:1] == ("reference",) and queue:
+            raise ReferenceMismatch(
+                f"{key[2]} was called {len(queue)} more time(s) for the baseline than for the inputs: the model's "
+                "calls must not depend on its input values")
+
+
+class ReferenceMismatch(AttributionArgumentError):
+    """The reference forward and the input forward called the hooked modules differently (a model
+    whose control flow depends on its input); the calls cannot be paired."""
+
+
+def _paired_reference(scratch: Dict[Any, Any], key: Any, keep: Callable, module: nn.Module, x: Tensor, y: Tensor):
+    """In the reference pass: keep ``keep(module, x, y)`` and return None. Otherwise: what was kept
+    of the reference call paired with this one (the module's calls in the same order)."""
+    if scratch.get(_REFERENCE_PASS):
+        scratch.setdefault(key, deque()).append(keep(module, x, y))
+        return None
+    queue = scratch.get(key)
+    if not queue:
+        raise ReferenceMismatch(
+            f"{key[2]} was called more often for the inputs than for the baseline: the model's calls must not "
+            "depend on its input values")
+    return queue.popleft()
+
+
+def _reference_key(module: nn.Module) -> Any:
+    return ("reference", id(module), type(module).__name__)
 
 
 class HookSession:
@@ -155,7 +213,7 @@ class HookSession:
         self._handles.append(module.register_forward_pre_hook(self._guard(fn)))
 
     def override_gradient(self, module: nn.Module, rule: GradRule, output_rule: Optional[GradRule] = None,
-                          prepare: Optional[Callable[[nn.Module, Tensor, Tensor], Any]] = None) -> None:
+                          prepare: Optional[Callable[..., Any]] = None, reference: Optional[Callable[..., tuple]] = None) -> None:
         """Replace the gradient from ``module``'s output to its first input by ``rule(record, grad)``.
 
         ``grad`` is the module's true input gradient; ``record`` holds the detached input and output
@@ -165,11 +223,17 @@ class HookSession:
         that), e.g. a normalisation that makes the module's vector-Jacobian product do the rest.
         ``prepare(module, input, output)``, if given, runs in the forward and its result is the record's
         ``saved``: what the rule needs, computed while the forward's tensors are at hand (the input
-        comes detached, the output with its graph: detach what is computed from it).
+        comes detached, the output with its graph: detach what is computed from it). With
+        ``reference(module, input, output) -> tuple`` (what to keep of a reference call; see
+        ``reference_pass``), ``prepare(module, input, output, *kept)`` gets the paired call's too.
         """
-        stack_key = ("override", id(module))
+        stack_key, ref_key = ("override", id(module)), _reference_key(module)
 
         def pre(scratch, mod, args):
+            if reference is not None and scratch.get(_REFERENCE_PASS):  # keep the input before an in-place module changes it
+                first = args[0] if args and isinstance(args[0], Tensor) else None
+                scratch.setdefault(stack_key, []).append(first.clone() if first is not None else None)
+                return None
             if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad:
                 scratch.setdefault(stack_key, []).append(None)
                 return None
@@ -179,34 +243,73 @@ class HookSession:
 
         def post(scratch, mod, args, output):
             record = scratch[stack_key].pop()
-            if record is None or not isinstance(output, Tensor):
+            if not isinstance(output, Tensor):
+                return None
+            if reference is not None:
+                x = record.inputs if isinstance(record, GradRecord) else record
+                paired = _paired_reference(scratch, ref_key, reference, mod, x, output)
+                if paired is None:
+                    return None
+            if record is None:
                 return None
             record.outputs = output.detach()
             if prepare is not None:
-                record.saved = prepare(mod, record.inputs, output)
+                extra = paired if reference is not None else ()
+                record.saved = prepare(mod, record.inputs, output, *extra)
             return _OutputTap.apply(output, record, output_rule)
 
         self.forward_pre_hook(module, pre)
         self.forward_hook(module, post)
 
     def replace_gradient(self, module: nn.Module, rule: GradRule,
-                         prepare: Optional[Callable[[nn.Module, Tensor, Tensor], Any]] = None) -> None:
+                         prepare: Optional[Callable[..., Any]] = None, reference: Optional[Callable[..., tuple]] = None) -> None:
         """Like ``override_gradient`` but cheaper: ``rule(record, None)`` is the whole gradient from
         ``module``'s output to its first input and the module's own backward is skipped (a rule
         that needs it calls ``record.module_grad(...)``). With ``prepare``, which returns a tuple, the
         rule gets only that tuple as ``record.saved``, so the module's input and output need not
-        live until the backward; without it, ``record.inputs``/``outputs``.
+        live until the backward; without it, ``record.inputs``/``outputs``. ``reference`` as in
+        ``override_gradient``.
         In-place modules overwrite their input, so they go through ``override_gradient`` (then
         ``grad`` is given, and the record has its inputs and outputs too)."""
         if getattr(module, "inplace", False):
-            self.override_gradient(module, rule, prepare=prepare)
+            self.override_gradient(module, rule, prepare=prepare, reference=reference)
             return
 
+        def replaced(mod, x, y, paired):
+            state = None if prepare is None else prepare(mod, x.detach(), y, *paired)
+            return _Replaced.apply(x, y.detach(), GradRecord(mod, None), rule, state)
+
+        self._rewrite_output(module, reference, replaced)
+
+    def multiply_gradient(self, module: nn.Module, multiplier: Callable[..., Tensor],
+                          reference: Optional[Callable[..., tuple]] = None) -> None:
+        """For an elementwise module: its input gradient is the output gradient times
+        ``multiplier(module, input, output, *kept)`` (``kept`` as in ``override_gradient``),
+        computed in the forward. The output becomes ``y + (x - x.detach()) * m``: the same values,
+        gradient ``m``, and no autograd node of our own (the cheapest form of a rule)."""
+        if getattr(module, "inplace", False):
+            self.override_gradient(module, _times_saved, prepare=multiplier, reference=reference)
+            return
+
+        def multiplied(mod, x, y, paired):
+            return torch.addcmul(y.detach(), x - x.detach(), multiplier(mod, x.detach(), y, *paired))
+
+        self._rewrite_output(module, reference, multiplied)
+
+    def _rewrite_output(self, module: nn.Module, reference: Optional[Callable], rewrite: Callable) -> None:
+        """A forward hook returning ``rewrite(module, input, output, kept)`` for the calls to rewrite
+        (a tensor in and out, gradient needed; not the reference forward's, which are kept)."""
+        ref_key = _reference_key(module)
+
         def post(scratch, mod, args, output):
-            if not args or not isinstance(args[0], Tensor) or not args[0].requires_grad or not isinstance(output, Tensor):
+            if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
                 return None
-            state = None if prepare is None else prepare(mod, args[0].detach(), output)
-            return _Replaced.apply(args[0], output.detach(), GradRecord(mod, None), rule, state)
+            paired = ()
+            if reference is not None:
+                paired = _paired_reference(scratch, ref_key, reference, mod, args[0].detach(), output)
+                if paired is None:
+                    return None
+            return rewrite(mod, args[0], output, paired) if args[0].requires_grad else None
 
         self.forward_hook(module, post)
 

@@ -128,8 +128,8 @@ def tensorize_baselines(baselines: Sequence[Any], inputs: Tuple[Tensor, ...]) ->
     out = []
     for b, x in zip(baselines, inputs):
         dtype = _baseline_dtype(b, x)
-        if not isinstance(b, Tensor):
-            out.append(torch.full_like(x, b, dtype=dtype))
+        if not isinstance(b, Tensor):  # one value broadcast (a view, as a one-row baseline is)
+            out.append(torch.full((1,) * x.dim(), b, dtype=dtype, device=x.device).expand_as(x))
             continue
         b = b.to(device=x.device, dtype=dtype) if b.dtype != dtype or b.device != x.device else b
         if b.dim() == 0 or b.shape == x.shape[1:]:

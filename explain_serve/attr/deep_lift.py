@@ -1,28 +1,33 @@
 """DeepLift with the Rescale rule (Shrikumar et al., 2017) and DeepLiftShap (Lundberg & Lee, 2017).
 
-Inputs and baselines go through the model as one batch ``[x; b]``; at every supported
-nonlinearity the gradient is replaced by the multiplier ``delta_out / delta_in`` (the true gradient
-where ``|delta_in| < eps``), so backpropagation yields the DeepLift multipliers and
-``(x - b) * multipliers`` sums to ``f(x) - f(b)``. Max pooling uses the rule that routes the
-output difference through the argmax of the input and of the baseline; softmax is re-centred.
-The rules are gradient overrides registered through the one hook owner.
+The baselines go through the model first (the reference forward: no backward runs through it, and
+one row is enough for a baseline shared by the batch), then the inputs, with their gradient. At
+every supported nonlinearity each call is paired with the same call of the reference forward and
+its gradient is replaced by the multiplier ``delta_out / delta_in`` (the true gradient where
+``|delta_in| < eps``), so backpropagation yields the DeepLift multipliers and
+``(x - b) * multipliers`` sums to ``f(x) - f(b)``. Max pooling uses the rule that routes the output
+difference through the argmax of the input and of the baseline; softmax is re-centred. The rules
+are gradient overrides registered through the one hook owner.
+
+Reference rows *tile* the input rows: input row ``r`` pairs with reference row ``r % k`` (``k`` is
+1 for a shared baseline, the batch size for one baseline per row, the number of baselines for
+DeepLiftShap's every-input-against-every-baseline batch).
 """
 from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._core.gradients import gradients, leaf_inputs
-from .._core.hooks import GradRecord, HookedMethod, HookSession
+from .._core.hooks import GradRecord, HookedMethod, HookSession, check_references_paired, reference_pass
 from .._core.inputs import (
     as_tuple,
     baseline_distribution,
-    expand_args,
     expand_for_baseline_distribution,
     format_args,
     format_baselines,
@@ -30,14 +35,26 @@ from .._core.inputs import (
     is_tuple,
     tensorize_baselines,
 )
-from .._core.targets import expand_target
 from ._base import GradientAttribution
 from .._core.errors import AttributionArgumentError
 
 
-def _halves(t: Tensor) -> Tensor:
-    """``[x; b]`` viewed as (2, n, ...): the input rows and the baseline rows."""
-    return t.view((2, t.shape[0] // 2) + tuple(t.shape[1:]))
+def _minus(a: Tensor, ref: Tensor) -> Tensor:
+    """``a - ref`` where ``ref``'s rows tile ``a``'s (see the module docstring)."""
+    k = ref.shape[0]
+    if k == 1 or k == a.shape[0]:
+        return a - ref
+    return (a.unflatten(0, (-1, k)) - ref).flatten(0, 1)
+
+
+def tile(ref: Tensor, n: int) -> Tensor:
+    """``ref``'s rows tiled to ``n`` rows (a view for one row)."""
+    k = ref.shape[0]
+    if k == n:
+        return ref
+    if k == 1:
+        return ref.expand(n, *ref.shape[1:])
+    return ref.repeat(n // k, *([1] * (ref.dim() - 1)))
 
 
 def _any_small(d_in: Tensor, eps: float) -> bool:
@@ -46,36 +63,44 @@ def _any_small(d_in: Tensor, eps: float) -> bool:
     return d_in.numel() > 0 and d_in.abs_().amin().item() < eps
 
 
-def _rescale_prepare(eps: float) -> Callable:
-    """In the forward: the Rescale multipliers ``delta_out / delta_in`` (one half: the differences
-    are the same for both rows of a pair), and the input only where some ``delta_in`` is tiny."""
-    def prepare(module: nn.Module, x: Tensor, y: Tensor):
-        (x0, x1), (y0, y1) = x.chunk(2), y.detach().chunk(2)
-        d_in = x0 - x1
-        ratio = (y0 - y1).div_(d_in)
-        return ratio, (x if _any_small(d_in, eps) else None)
-    return prepare
+def _keep(module: nn.Module, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    """What an elementwise rule keeps of a reference call."""
+    return x, y.detach()
 
 
-def _rescale(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
+def _rescale_multiplier(eps: float) -> Callable:
+    """In the forward: the Rescale multipliers ``delta_out / delta_in``, the module's own
+    derivative where ``|delta_in| < eps``."""
+    def multiplier(module: nn.Module, x: Tensor, y: Tensor, x_ref: Tensor, y_ref: Tensor) -> Tensor:
+        d_in = _minus(x, x_ref)
+        ratio = _minus(y.detach(), y_ref).div_(d_in)
+        if not _any_small(d_in, eps):
+            return ratio
+        return torch.where(d_in < eps, _derivative(module, x), ratio)
+    return multiplier
+
+
+def _derivative(module: nn.Module, x: Tensor) -> Tensor:
+    """An elementwise module's own derivative at ``x`` (its forward again, without hooks, on a
+    copy: an in-place module would change ``x``)."""
+    x = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = module.forward(x)
+    return torch.autograd.grad(y, x, torch.ones_like(y))[0]
+
+
+def _softmax(eps: float) -> Tuple[Callable, Callable]:
+    """Softmax is not elementwise: the Rescale multipliers, then the gradient re-centred (its
+    mean over the whole tensor subtracted); a rule and its ``prepare``."""
+    multiplier = _rescale_multiplier(eps)
+
+    def prepare(module: nn.Module, x: Tensor, y: Tensor, x_ref: Tensor, y_ref: Tensor):
+        return (multiplier(module, x, y, x_ref, y_ref),)
+
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
-        ratio, x = rec.saved
-        value = _halves(rec.grad_output) * ratio
-        if x is None:
-            return value.view(rec.grad_output.shape)
-        xs = _halves(x)
-        true_grad = _halves(grad if grad is not None else rec.module_grad(x))
-        return torch.where((xs[0] - xs[1]).abs_() < eps, true_grad, value).view(x.shape)
-    return rule
-
-
-def _softmax(eps: float) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
-    rescale = _rescale(eps)
-
-    def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
-        unnormalized = rescale(rec, grad)
+        unnormalized = rec.grad_output * rec.saved[0]
         return unnormalized - unnormalized.sum() / unnormalized.numel()
-    return rule
+    return rule, prepare
 
 
 def _windows_disjoint(m: nn.Module) -> bool:
@@ -88,43 +113,53 @@ def _windows_disjoint(m: nn.Module) -> bool:
     return all(d == 1 for d in dims(m.dilation)) and all(s >= k for s, k in zip(stride, kernel))
 
 
-def _disjoint_coefficients(x: Tensor, y: Tensor, idx: Tensor, n_spatial: int, eps: float):
-    """In the forward, for disjoint windows: what each window's output gradients (of the input row,
-    g0, and of the baseline row, g1) give at the window's argmaxes (``i0`` of the input, ``i1`` of
-    the baseline), per row: ``a0 * g0`` at ``i0`` and ``a1 * g0 + b1 * g1`` at ``i1``, written in
-    that order, so that where both argmaxes coincide the second write, which holds both shares,
-    wins. That is the rule below, with the pool's own gradient where ``|delta_in| < eps``; no bool
+def _disjoint_coefficients(x: Tensor, y: Tensor, i0: Tensor, x_ref: Tensor, y_ref: Tensor, i1: Tensor, eps: float):
+    """In the forward, for disjoint windows (tensors as (row, plane, position), the reference's
+    tiled): the coefficients of each window's output gradient ``g`` at the window's argmaxes,
+    ``A0 * g`` at the input's (``i0``) and ``A1 * g`` at the baseline's (``i1``), written in that
+    order, so that where both argmaxes coincide the second write, which holds both shares, wins.
+    That is the rule below, with the pool's own gradient where ``|delta_in| < eps``; no bool
     tensors (slow on CPU)."""
-    flat_in = x.reshape(2, -1, x.shape[-n_spatial:].numel())  # (row, plane, position)
-    y0, y1 = y.reshape(2, flat_in.shape[1], -1)
-    i0, i1 = idx.reshape(2, *y0.shape)
-    y_max = torch.max(y0, y1)
-    c0, c1 = y_max - y1, y0 - y_max  # delta_out routed through the input's / the baseline's argmax
-    d0 = flat_in[1].gather(1, i0).neg_().add_(y0)  # delta_in at i0 (the input there is y0)
-    d1 = flat_in[0].gather(1, i1).sub_(y1)  # ... at i1
-    same = torch.eq(i0, i1, out=torch.empty_like(y0))  # both argmaxes at one position: it gets both
-    c0_at_i1 = c0.mul(same)
+    y_max = torch.max(y, y_ref)
+    c0, c1 = y_max - y_ref, y - y_max  # delta_out routed through the input's / the baseline's argmax
+    d0 = x_ref.gather(2, i0).neg_().add_(y)  # delta_in at i0 (the input there is y)
+    d1 = x.gather(2, i1).sub_(y_ref)  # ... at i1
+    same = torch.eq(i0, i1, out=torch.empty_like(y))  # both argmaxes at one position: it gets both
     if not (_any_small(d0.clone(), eps) or _any_small(d1.clone(), eps)):
-        return c0.div_(d0).unsqueeze(0), c0_at_i1.div_(d1).unsqueeze(0), c1.div_(d1).unsqueeze(0), i0, i1
-    # |delta_in| < eps: the pool's own gradient there, per row: g_h at its own argmax, and at the
-    # other row's argmax only where both coincide. Divisors made 1 there, quotients zeroed.
+        a0 = c0 / d0
+        return a0, c0.mul_(same).add_(c1).div_(d1)
+    # |delta_in| < eps: the pool's own gradient there (the input's argmax gets g); divisors made 1
+    # there, quotients zeroed
     s0, s1 = d0.abs().lt_(eps), d1.abs().lt_(eps)
-    a0 = c0.div_(d0.add_(s0)).mul_(1 - s0)
-    keep1 = 1 - s1
-    d1.add_(s1)
-    a1, b1 = c0_at_i1.div_(d1).mul_(keep1), c1.div_(d1).mul_(keep1)
-    return torch.stack([a0 + s0, a0]), torch.stack([a1 + same * s1, a1]), torch.stack([b1, b1 + s1]), i0, i1
+    a0 = c0.div(d0.add_(s0)).mul_(1 - s0).add_(s0)
+    a1 = c0.mul_(same).add_(c1).div_(d1.add_(s1)).mul_(1 - s1).add_(same * s1)
+    return a0, a1
+
+
+def _maxpool_keep(pool: Callable) -> Callable:
+    """A reference call's input, output and argmax indices."""
+    def keep(m: nn.Module, x: Tensor, y: Tensor):
+        return x, y.detach(), _argmax(pool, m, x, y)
+    return keep
+
+
+def _argmax(pool: Callable, m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    idx = getattr(y.grad_fn, "_saved_result1", None)  # the argmax indices max_pool saved for its backward
+    if idx is None or idx.shape != y.shape:
+        _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+    return idx
 
 
 def _maxpool_prepare(pool: Callable, n_spatial: int, eps: float) -> Callable:
-    def prepare(m: nn.Module, x: Tensor, y: Tensor):
-        idx = getattr(y.grad_fn, "_saved_result1", None)  # the argmax indices max_pool saved for its backward
-        if idx is None or idx.shape != y.shape:
-            _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-        y = y.detach()
+    def prepare(m: nn.Module, x: Tensor, y: Tensor, x_ref: Tensor, y_ref: Tensor, idx_ref: Tensor):
+        idx = _argmax(pool, m, x, y)
+        y, n = y.detach(), x.shape[0]
         if _windows_disjoint(m):
-            return (*_disjoint_coefficients(x, y, idx, n_spatial, eps), x.shape)
-        return x, y, idx
+            flat = lambda t: t.reshape(n, -1, t.shape[-n_spatial:].numel())  # noqa: E731  (row, plane, position)
+            coefficients = _disjoint_coefficients(
+                flat(x), flat(y), flat(idx), flat(tile(x_ref, n)), flat(tile(y_ref, n)), flat(tile(idx_ref, n)), eps)
+            return (*coefficients, flat(idx), flat(tile(idx_ref, n)), x.shape)
+        return x, y, idx, tile(x_ref, n).contiguous(), tile(y_ref, n).contiguous(), tile(idx_ref, n).contiguous()
     return prepare
 
 
@@ -135,28 +170,25 @@ def _maxpool(route: Callable, true_route: Optional[Callable], eps: float) -> Cal
 
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         with torch.no_grad():
-            if len(rec.saved) == 6:  # prepared per window (disjoint windows)
-                a0, a1, b1, i0, i1, shape = rec.saved
-                g0, g1 = rec.grad_output.reshape(2, *i0.shape)
-                at_i0, at_i1 = a0 * g0, torch.addcmul(a1 * g0, b1, g1)
-                out = g0.new_zeros((2, i0.shape[0], shape.numel() // (2 * i0.shape[0])))
-                out.scatter_(2, i0.expand(2, -1, -1), at_i0.expand(2, -1, -1))
-                out.scatter_(2, i1.expand(2, -1, -1), at_i1.expand(2, -1, -1))
+            g = rec.grad_output
+            if len(rec.saved) == 5:  # prepared per window (disjoint windows)
+                a0, a1, i0, i1, shape = rec.saved
+                g = g.reshape(i0.shape)
+                out = g.new_zeros((*i0.shape[:2], shape.numel() // i0.shape[:2].numel()))
+                out.scatter_(2, i0, a0 * g)
+                out.scatter_(2, i1, a1.mul_(g))
                 return out.view(shape)
-            x, y, idx = rec.saved
+            x, y, idx, x_ref, y_ref, idx_ref = rec.saved
             m: nn.Module = rec.module
-            ys = _halves(y)
-            y_max = torch.max(ys[0], ys[1])
-            d_out = torch.stack([y_max - ys[1], ys[0] - y_max]).view_as(y)
-            routed = _halves(route(rec.grad_output * d_out, x, idx, m))
-            xs = _halves(x)
-            d_in = xs[0] - xs[1]
-            value = (routed[0] + routed[1]).div_(d_in).expand_as(routed)
+            y_max = torch.max(y, y_ref)
+            routed = route(g * (y_max - y_ref), x, idx, m) + route(g * (y - y_max), x, idx_ref, m)
+            d_in = x - x_ref
+            value = routed.div_(d_in)
             if not _any_small(d_in, eps):
-                return value.reshape(x.shape)
+                return value
             if grad is None:
-                grad = rec.module_grad(x) if true_route is None else true_route(rec.grad_output, x, idx, m)
-            return torch.where(d_in < eps, _halves(grad), value).view(x.shape)
+                grad = rec.module_grad(x) if true_route is None else true_route(g, x, idx, m)
+            return torch.where(d_in < eps, grad, value)
     return rule
 
 
@@ -179,17 +211,47 @@ _MAXPOOLS = {  # pool, spatial dims, DeepLift's routing, the pool's own backward
 
 
 @lru_cache(maxsize=8)
-def rules(eps: float) -> Dict[Type[nn.Module], Tuple[Callable, Callable]]:
-    """(gradient rule, its forward-side ``prepare``) per supported module type (built once per
-    ``eps``; do not modify)."""
-    rescale = (_rescale(eps), _rescale_prepare(eps))
+def rules(eps: float) -> Dict[Type[nn.Module], Tuple[str, Callable, Optional[Callable], Callable]]:
+    """Per supported module type: ("multiply", its multiplier, None, what it keeps of a reference
+    call) for elementwise modules, ("replace", gradient rule, its forward-side ``prepare``, keep)
+    for the others (built once per ``eps``; do not modify)."""
+    rescale = ("multiply", _rescale_multiplier(eps), None, _keep)
     table = {
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
-        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: (_softmax(eps), rescale[1]),
+        nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: ("replace", *_softmax(eps), _keep),
     }
-    table.update({t: (_maxpool(route, true_route, eps), _maxpool_prepare(pool, n_spatial, eps))
+    table.update({t: ("replace", _maxpool(route, true_route, eps), _maxpool_prepare(pool, n_spatial, eps), _maxpool_keep(pool))
                   for t, (pool, n_spatial, route, true_route) in _MAXPOOLS.items()})
     return table
+
+
+def reference_rows(baselines: Tuple[Tensor, ...], n: int, args: Optional[Tuple[Any, ...]]) -> Tuple[Tensor, ...]:
+    """The baseline rows the reference forward needs: one row where every baseline is one row
+    shared by the batch (a broadcast view) and no forward argument has a batch axis to match;
+    else the rows as given, which must tile the ``n`` inputs."""
+    batched_args = any(isinstance(a, Tensor) and a.dim() > 0 for a in (args or ()))
+    if batched_args:
+        return tuple(tile(b, n) for b in baselines)
+    if all(b.shape[0] == 1 or (b.dim() > 0 and b.stride(0) == 0) for b in baselines):
+        return tuple(b[:1] for b in baselines)
+    rows = {b.shape[0] for b in baselines}
+    if len(rows) > 1:
+        return tuple(tile(b, n) for b in baselines)
+    (k,) = rows
+    if n % k:
+        raise AttributionArgumentError(f"baselines must have batch size 1 or {n}, got {k}")
+    return baselines
+
+
+def deep_lift_multipliers(method: "DeepLift", inputs, references, target, args) -> Tuple[Tensor, ...]:
+    """d(score)/d(inputs) under the Rescale rules: the reference forward, then the inputs' forward
+    and backward, inside ``method``'s hook session."""
+    with method._hooks() as scratch:
+        with reference_pass(scratch), torch.enable_grad():  # grad on: max pooling's indices are kept
+            method.model(*references, *(args or ()))
+        grads = gradients(method.model, leaf_inputs(inputs), target, args)
+        check_references_paired(scratch)
+    return grads
 
 
 def call_custom_attribution_func(func: Callable, multipliers, inputs, baselines):
@@ -218,23 +280,24 @@ class DeepLift(GradientAttribution, HookedMethod):
         table = rules(self.eps)
         for module in self.model.modules():
             entry = table.get(type(module))
-            if entry is not None:
-                session.replace_gradient(module, entry[0], prepare=entry[1])
+            if entry is None:
+                continue
+            kind, rule, prepare, keep = entry
+            if kind == "multiply":
+                session.multiply_gradient(module, rule, reference=keep)
+            else:
+                session.replace_gradient(module, rule, prepare=prepare, reference=keep)
 
-    def multipliers(self, inputs, baselines, target, args):
-        """DeepLift multipliers d(score)/d(input) under the Rescale rules (tuples in and out)."""
+    def multipliers(self, inputs, baselines, target, args, references=None):
+        """DeepLift multipliers d(score)/d(input) under the Rescale rules (tuples in and out);
+        ``references``: the baseline rows to run (default ``reference_rows``)."""
         n = inputs[0].shape[0]
         for b in baselines:
             if b.shape[0] != n:
                 raise AttributionArgumentError(f"baselines must have batch size 1 or {n}, got {b.shape[0]}")
-        extra = expand_args(args, 2)
-
-        def joint_forward(*xs):
-            joined = tuple(torch.cat([x, b]) for x, b in zip(xs, baselines))
-            return self.model(*joined, *(extra or ()))
-
-        with self._hooks():
-            return gradients(joint_forward, leaf_inputs(inputs), expand_target(target, 2))
+        if references is None:
+            references = reference_rows(baselines, n, args)
+        return deep_lift_multipliers(self, inputs, references, target, args)
 
     def attribute(
         self,
@@ -247,8 +310,12 @@ class DeepLift(GradientAttribution, HookedMethod):
     ):
         was_tuple, inputs = is_tuple(inputs), as_tuple(inputs)
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
-        args = format_args(additional_forward_args)
-        grads = self.multipliers(inputs, baselines, target, args)
+        return self._attribute(was_tuple, inputs, baselines, target, format_args(additional_forward_args),
+                               return_convergence_delta, custom_attribution_func)
+
+    def _attribute(self, was_tuple, inputs, baselines, target, args, return_convergence_delta,
+                   custom_attribution_func, references=None):
+        grads = self.multipliers(inputs, baselines, target, args, references)
         if custom_attribution_func is not None:
             attributions = as_tuple(call_custom_attribution_func(custom_attribution_func, grads, inputs, baselines))
         elif self._multiply_by_inputs:
@@ -279,9 +346,8 @@ class DeepLiftShap(DeepLift):
         exp_inputs, exp_baselines, exp_target, exp_args = expand_for_baseline_distribution(
             inputs, baselines, target, format_args(additional_forward_args)
         )
-        out = super().attribute(
-            exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta, custom_attribution_func
-        )
+        out = self._attribute(True, exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta,
+                              custom_attribution_func, references=reference_rows(baselines, n * k, exp_args))
         attributions, delta = out if return_convergence_delta else (out, None)
         attributions = tuple(a.reshape(n, k, *a.shape[1:]).mean(1) for a in attributions)
         result = format_output(was_tuple, attributions)

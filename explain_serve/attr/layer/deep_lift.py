@@ -1,8 +1,8 @@
 """Layer DeepLift and Layer DeepLiftShap (Shrikumar et al., 2017; Lundberg & Lee, 2017).
 
 DeepLift's Rescale rules (the gradient overrides of ``attr.deep_lift``, installed into this
-method's hook session) with the multipliers taken at the layer: inputs and baselines go through
-the model as one batch ``[x; b]``, the layer's tensors of that batch are tapped, and the
+method's hook session) with the multipliers taken at the layer: the baselines' forward (the
+reference), then the inputs' forward and backward, the layer's tensors of both tapped; the
 attribution is ``multiplier * (layer(x) - layer(b))``. DeepLiftShap averages over a baseline
 distribution (every input against every baseline).
 """
@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from ..._core.hooks import check_references_paired, reference_pass
 from ..._core.inputs import (
     as_tuple,
     callable_baselines,
-    expand_args,
     expand_for_baseline_distribution,
     format_args,
     format_baselines,
     tensorize_baselines,
 )
-from ..._core.layers import layer_gradients
-from ..._core.targets import expand_target
+from ..._core.layers import layer_eval, layer_gradients
 from .._base import GradientAttribution, convergence_delta
-from ..deep_lift import DeepLift, call_custom_attribution_func
+from ..deep_lift import DeepLift, call_custom_attribution_func, reference_rows, tile
 from ._base import LayerMethod
 from ..._core.errors import AttributionArgumentError
 
@@ -50,16 +49,21 @@ class LayerDeepLift(LayerMethod, GradientAttribution):
         inputs = as_tuple(inputs)
         baselines = callable_baselines(baselines, inputs if len(inputs) > 1 else inputs[0])
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
-        args = format_args(additional_forward_args)
-        joint = tuple(torch.cat([x, b]) for x, b in zip(inputs, baselines))
+        return self._attribute(inputs, baselines, target, format_args(additional_forward_args), return_convergence_delta,
+                               attribute_to_layer_input, custom_attribution_func, grad_kwargs)
+
+    def _attribute(self, inputs, baselines, target, args, return_convergence_delta, to_input,
+                   custom_attribution_func, grad_kwargs=None, references=None):
+        n = inputs[0].shape[0]
+        if references is None:
+            references = reference_rows(baselines, n, args)
         with self._hooks() as scratch:
-            grads, acts = layer_gradients(
-                scratch, self.layers, attribute_to_layer_input, self.model, joint,
-                expand_target(target, 2), expand_args(args, 2), grad_kwargs,
-            )
-        grads = tuple(g.chunk(2)[0] for g in grads[0])
-        at_inputs = tuple(a.chunk(2)[0] for a in acts[0])
-        at_baselines = tuple(a.chunk(2)[1] for a in acts[0])
+            with reference_pass(scratch), torch.enable_grad():  # grad on: max pooling's indices are kept
+                _, at_references = layer_eval(scratch, self.layers, to_input, self.model, references, None, args)
+            grads, acts = layer_gradients(scratch, self.layers, to_input, self.model, inputs, target, args, grad_kwargs)
+            check_references_paired(scratch)
+        grads, at_inputs = grads[0], acts[0]
+        at_baselines = tuple(tile(b.detach(), n) for b in at_references[0])
         if custom_attribution_func is not None:
             attributions = as_tuple(call_custom_attribution_func(custom_attribution_func, grads, at_inputs, at_baselines))
         elif self._multiply_by_inputs:
@@ -96,10 +100,9 @@ class LayerDeepLiftShap(LayerDeepLift):
         exp_inputs, exp_baselines, exp_target, exp_args = expand_for_baseline_distribution(
             inputs, baselines, target, format_args(additional_forward_args)
         )
-        out = super().attribute(
-            exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta,
-            attribute_to_layer_input, custom_attribution_func,
-        )
+        out = self._attribute(exp_inputs, exp_baselines, exp_target, exp_args, return_convergence_delta,
+                              attribute_to_layer_input, custom_attribution_func,
+                              references=reference_rows(baselines, n * k, exp_args))
         attributions, delta = out if return_convergence_delta else (out, None)
         mean = lambda a: a.reshape(n, k, *a.shape[1:]).mean(1)  # noqa: E731
         attributions = tuple(mean(a) for a in attributions) if isinstance(attributions, tuple) else mean(attributions)

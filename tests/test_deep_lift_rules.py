@@ -113,7 +113,11 @@ def _literal_max_pool_rule(pool: nn.Module, x, grad_output, eps=1e-10):
     return out.reshape(x.shape), idx
 
 
-@pytest.mark.parametrize("case", list(POOLS) + ["pool2d-overlapping"])
+OVERLAPPING = {"pool2d-overlapping": (2, nn.MaxPool2d(3, stride=2), (6, 2, 9, 9)),
+               "pool1d-overlapping": (1, nn.MaxPool1d(3, stride=2, padding=1), (6, 2, 11))}
+
+
+@pytest.mark.parametrize("case", list(POOLS) + list(OVERLAPPING))
 @pytest.mark.parametrize("reference_rows", ["per-row", "shared", "tiled"])
 def test_max_pool_rule_matches_its_definition(case, reference_rows):
     """The input row's gradient (both rows of a pair carry the same output gradient), with the
@@ -121,7 +125,7 @@ def test_max_pool_rule_matches_its_definition(case, reference_rows):
     from explain_serve._core.hooks import GradRecord
     from explain_serve.attr.deep_lift import rules
 
-    _, pool, shape = POOLS.get(case) or (2, nn.MaxPool2d(3, stride=2), (6, 2, 9, 9))
+    _, pool, shape = POOLS.get(case) or OVERLAPPING[case]
     g = torch.Generator().manual_seed(5)
     x = torch.randn(shape, generator=g, dtype=D)
     k = {"per-row": shape[0], "shared": 1, "tiled": 2}[reference_rows]

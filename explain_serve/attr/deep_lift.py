@@ -103,39 +103,6 @@ def _softmax(eps: float) -> Tuple[Callable, Callable]:
     return rule, prepare
 
 
-def _windows_disjoint(m: nn.Module) -> bool:
-    """Whether every input position lies in at most one pooling window (stride >= kernel, no
-    dilation): then each window routes to its two argmaxes and nowhere else."""
-    def dims(v):
-        return list(v) if isinstance(v, (tuple, list)) else [v]
-    kernel, stride, n = dims(m.kernel_size), dims(m.stride), max(len(dims(m.kernel_size)), len(dims(m.stride)))
-    kernel, stride = kernel * n if len(kernel) == 1 else kernel, stride * n if len(stride) == 1 else stride
-    return all(d == 1 for d in dims(m.dilation)) and all(s >= k for s, k in zip(stride, kernel))
-
-
-def _disjoint_coefficients(x: Tensor, y: Tensor, i0: Tensor, x_ref: Tensor, y_ref: Tensor, i1: Tensor, eps: float):
-    """In the forward, for disjoint windows (tensors as (row, plane, position), the reference's
-    tiled): the coefficients of each window's output gradient ``g`` at the window's argmaxes,
-    ``A0 * g`` at the input's (``i0``) and ``A1 * g`` at the baseline's (``i1``), written in that
-    order, so that where both argmaxes coincide the second write, which holds both shares, wins.
-    That is the rule below, with the pool's own gradient where ``|delta_in| < eps``; no bool
-    tensors (slow on CPU)."""
-    y_max = torch.max(y, y_ref)
-    c0, c1 = y_max - y_ref, y - y_max  # delta_out routed through the input's / the baseline's argmax
-    d0 = x_ref.gather(2, i0).neg_().add_(y)  # delta_in at i0 (the input there is y)
-    d1 = x.gather(2, i1).sub_(y_ref)  # ... at i1
-    same = torch.eq(i0, i1, out=torch.empty_like(y))  # both argmaxes at one position: it gets both
-    if not (_any_small(d0.clone(), eps) or _any_small(d1.clone(), eps)):
-        a0 = c0 / d0
-        return a0, c0.mul_(same).add_(c1).div_(d1)
-    # |delta_in| < eps: the pool's own gradient there (the input's argmax gets g); divisors made 1
-    # there, quotients zeroed
-    s0, s1 = d0.abs().lt_(eps), d1.abs().lt_(eps)
-    a0 = c0.div(d0.add_(s0)).mul_(1 - s0).add_(s0)
-    a1 = c0.mul_(same).add_(c1).div_(d1.add_(s1)).mul_(1 - s1).add_(same * s1)
-    return a0, a1
-
-
 def _maxpool_keep(pool: Callable) -> Callable:
     """A reference call's input, output and argmax indices."""
     def keep(m: nn.Module, x: Tensor, y: Tensor):
@@ -150,63 +117,58 @@ def _argmax(pool: Callable, m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return idx
 
 
-def _maxpool_prepare(pool: Callable, n_spatial: int, eps: float) -> Callable:
+def _maxpool_prepare(pool: Callable, route: Callable, eps: float) -> Callable:
+    """In the forward: how each window's output difference ``dy = y - y_ref`` splits between
+    the input's argmax (where positive: ``max(y, y_ref) - y_ref``) and the baseline's (where
+    negative: ``y - max(y, y_ref)``), and ``1 / delta_in`` per input position, 0 where
+    ``|delta_in| < eps`` (there the pool's own gradient, as a 0/1 float mask: bool tensors are
+    slow on CPU)."""
     def prepare(m: nn.Module, x: Tensor, y: Tensor, x_ref: Tensor, y_ref: Tensor, idx_ref: Tensor):
         idx = _argmax(pool, m, x, y)
-        y, n = y.detach(), x.shape[0]
-        if _windows_disjoint(m):
-            flat = lambda t: t.reshape(n, -1, t.shape[-n_spatial:].numel())  # noqa: E731  (row, plane, position)
-            coefficients = _disjoint_coefficients(
-                flat(x), flat(y), flat(idx), flat(tile(x_ref, n)), flat(tile(y_ref, n)), flat(tile(idx_ref, n)), eps)
-            return (*coefficients, flat(idx), flat(tile(idx_ref, n)), x.shape)
-        return x, y, idx, tile(x_ref, n).contiguous(), tile(y_ref, n).contiguous(), tile(idx_ref, n).contiguous()
+        dy, d_in = _minus(y.detach(), y_ref), _minus(x, x_ref)
+        d_abs = d_in.abs()
+        if d_abs.numel() == 0 or d_abs.amin().item() >= eps:
+            inverse, small = d_in.reciprocal_(), None
+        else:
+            small = d_abs.lt_(eps)
+            inverse = (1 - small).div_(d_in.add_(small))
+        return dy.clamp_min(0), dy.clamp_max_(0), idx, tile(idx_ref, x.shape[0]).contiguous(), inverse, small
     return prepare
 
 
-def _maxpool(route: Callable, true_route: Optional[Callable], eps: float) -> Callable[[GradRecord, Tensor], Tensor]:
-    """Dense (overlapping windows): ``route(grad, inputs, indices, module)`` sends output gradients
-    to the argmax positions; ``true_route`` is max_pool's own backward (None: ask autograd).
-    Disjoint windows: the coefficients prepared in the forward, then two scatters."""
+def _maxpool(route: Callable) -> Callable[[GradRecord, Optional[Tensor]], Tensor]:
+    """``route(grad, like, indices, module)`` is max_pool's own backward (output gradients summed
+    at the argmax positions, into a tensor shaped ``like`` the input): the output gradient times
+    each window's shares, routed through both argmaxes, times ``1 / delta_in``."""
 
     def rule(rec: GradRecord, grad: Optional[Tensor]) -> Tensor:
         with torch.no_grad():
-            g = rec.grad_output
-            if len(rec.saved) == 5:  # prepared per window (disjoint windows)
-                a0, a1, i0, i1, shape = rec.saved
-                g = g.reshape(i0.shape)
-                out = g.new_zeros((*i0.shape[:2], shape.numel() // i0.shape[:2].numel()))
-                out.scatter_(2, i0, a0 * g)
-                out.scatter_(2, i1, a1.mul_(g))
-                return out.view(shape)
-            x, y, idx, x_ref, y_ref, idx_ref = rec.saved
-            m: nn.Module = rec.module
-            y_max = torch.max(y, y_ref)
-            routed = route(g * (y_max - y_ref), x, idx, m) + route(g * (y - y_max), x, idx_ref, m)
-            d_in = x - x_ref
-            value = routed.div_(d_in)
-            if not _any_small(d_in, eps):
-                return value
-            if grad is None:
-                grad = rec.module_grad(x) if true_route is None else true_route(g, x, idx, m)
-            return torch.where(d_in < eps, grad, value)
+            through_input, through_ref, idx, idx_ref, inverse, small = rec.saved
+            g, m = rec.grad_output, rec.module
+            out = route(g * through_input, inverse, idx, m).add_(route(g * through_ref, inverse, idx_ref, m)).mul_(inverse)
+            return out if small is None else out.addcmul_(route(g, inverse, idx, m), small)
     return rule
 
 
-def _unpool(unpool: Callable) -> Callable:
-    return lambda g, x, idx, m: unpool(g, idx, m.kernel_size, m.stride, m.padding, list(x.shape))
-
-
 def _pool_backward(op: Callable) -> Callable:
-    """max_pool's own backward (sums where windows overlap, as the chain rule does)."""
     return lambda g, x, idx, m: op(g, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, idx)
 
 
 _POOL2D_BACKWARD = _pool_backward(torch.ops.aten.max_pool2d_with_indices_backward)
-_POOL3D_BACKWARD = _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)
-_MAXPOOLS = {  # pool, spatial dims, DeepLift's routing, the pool's own backward (None: autograd's)
-    nn.MaxPool1d: (F.max_pool1d, 1, _unpool(F.max_unpool1d), None),
-    nn.MaxPool2d: (F.max_pool2d, 2, _POOL2D_BACKWARD, _POOL2D_BACKWARD),
-    nn.MaxPool3d: (F.max_pool3d, 3, _POOL3D_BACKWARD, _POOL3D_BACKWARD),
+
+
+def _pool1d_backward(g: Tensor, x: Tensor, idx: Tensor, m: nn.Module) -> Tensor:
+    """max_pool1d's backward as the 2-d one on a height-1 plane (its indices are the same)."""
+    pair = lambda v, first: (first, v[0] if isinstance(v, (tuple, list)) else v)  # noqa: E731
+    return torch.ops.aten.max_pool2d_with_indices_backward(
+        g.unsqueeze(-2), x.unsqueeze(-2), pair(m.kernel_size, 1), pair(m.stride, 1), pair(m.padding, 0),
+        pair(m.dilation, 1), m.ceil_mode, idx.unsqueeze(-2)).squeeze(-2)
+
+
+_MAXPOOLS = {  # pool, its backward
+    nn.MaxPool1d: (F.max_pool1d, _pool1d_backward),
+    nn.MaxPool2d: (F.max_pool2d, _POOL2D_BACKWARD),
+    nn.MaxPool3d: (F.max_pool3d, _pool_backward(torch.ops.aten.max_pool3d_with_indices_backward)),
 }
 
 
@@ -220,8 +182,8 @@ def rules(eps: float) -> Dict[Type[nn.Module], Tuple[str, Callable, Optional[Cal
         nn.ReLU: rescale, nn.ELU: rescale, nn.LeakyReLU: rescale, nn.Sigmoid: rescale,
         nn.Tanh: rescale, nn.Softplus: rescale, nn.Softmax: ("replace", *_softmax(eps), _keep),
     }
-    table.update({t: ("replace", _maxpool(route, true_route, eps), _maxpool_prepare(pool, n_spatial, eps), _maxpool_keep(pool))
-                  for t, (pool, n_spatial, route, true_route) in _MAXPOOLS.items()})
+    table.update({t: ("replace", _maxpool(route), _maxpool_prepare(pool, route, eps), _maxpool_keep(pool))
+                  for t, (pool, route) in _MAXPOOLS.items()})
     return table
 
 

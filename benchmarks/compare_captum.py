@@ -65,6 +65,9 @@ def cases(kind: str, model, x, b):
         "InputXGradient": (lambda lib: lib.InputXGradient(model), {}, lambda: fwd_bwd(model, x, t)),
         "IntegratedGradients": (lambda lib: lib.IntegratedGradients(model), {"baselines": b}, lambda: fwd_bwd(model, repeat_rows(x, 50), t)),
         "DeepLift": (lambda lib: lib.DeepLift(model), {"baselines": b}, lambda: fwd_bwd(model, repeat_rows(x, 2), t)),
+        # as a server runs it: hooks registered once, the baseline's forward kept between calls
+        "DeepLift reusable": (lambda lib: lib.DeepLift(model).reusable() if lib is ea else lib.DeepLift(model),
+                              {"baselines": b}, lambda: fwd_bwd(model, repeat_rows(x, 2), t)),
         "GradientShap": (lambda lib: lib.GradientShap(model), {"baselines": repeat_rows(b, 4)}, lambda: fwd_bwd(model, repeat_rows(x, 5), t)),
         "GuidedBackprop": (lambda lib: lib.GuidedBackprop(model), {}, lambda: fwd_bwd(model, x, t)),
         "NoiseTunnel": (lambda lib: lib.NoiseTunnel(lib.Saliency(model)), {"nt_samples": 10, "stdevs": 0.1}, lambda: fwd_bwd(model, repeat_rows(x, 10), t)),

@@ -238,3 +238,36 @@ def test_calls_that_depend_on_the_input_are_refused(x_sign, b_sign, message):
     x = x_sign * torch.ones(2, 4, dtype=D)
     with pytest.raises(AttributionArgumentError, match=message):
         ea.DeepLift(_Branchy()).attribute(x, b_sign * torch.ones(2, 4, dtype=D), target=0)
+
+
+def _bump_weight(model):
+    with torch.no_grad():
+        model.net[0].weight.mul_(1.5)
+
+
+def _other_baseline(model):
+    return X4[1:2] * 0.3
+
+
+# what happens between two calls of a reusable DeepLift -> whether the baselines' forward reruns
+BETWEEN_CALLS = {
+    "nothing": (None, False),
+    "a weight changed in place": (_bump_weight, True),
+    "a module switched to train and back": (lambda m: (m.train(), m.eval()), False),
+    "the model left in train mode": (lambda m: m.train(), True),
+    "another baseline": (_other_baseline, True),
+}
+
+
+@pytest.mark.parametrize("case", list(BETWEEN_CALLS))
+def test_reusable_deep_lift_keeps_the_baselines_forward_while_nothing_changed(case):
+    change, reruns = BETWEEN_CALLS[case]
+    model, baseline = _RowCounter().eval(), X4[:1] * 0.3
+    with ea.DeepLift(model) as method:
+        method.attribute(X4, baseline, target=2)
+        new_baseline = change(model) if change is not None else None
+        baseline = new_baseline if isinstance(new_baseline, torch.Tensor) else baseline
+        model.rows.clear()
+        ours = method.attribute(X4, baseline, target=2)
+    assert model.rows == ([1, 4] if reruns else [4])
+    torch.testing.assert_close(ours, ea.DeepLift(model).attribute(X4, baseline, target=2), rtol=0, atol=0)

@@ -175,6 +175,17 @@ def _paired_reference(scratch: Dict[Any, Any], key: Any, keep: Callable, module:
     return queue.popleft()
 
 
+def kept_references(scratch: Dict[Any, Any]) -> Dict[Any, tuple]:
+    """What the reference forward kept, to hand to ``restore_references`` in a later call."""
+    return {key: tuple(queue) for key, queue in scratch.items() if isinstance(key, tuple) and key[:1] == ("reference",)}
+
+
+def restore_references(scratch: Dict[Any, Any], kept: Dict[Any, tuple]) -> None:
+    """Stand in for the reference forward with what an earlier one kept (``kept_references``)."""
+    for key, calls in kept.items():
+        scratch[key] = deque(calls)
+
+
 def _reference_key(module: nn.Module) -> Any:
     return ("reference", id(module), type(module).__name__)
 

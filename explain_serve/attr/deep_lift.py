@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._core.gradients import gradients, leaf_inputs
-from .._core.hooks import GradRecord, HookedMethod, HookSession, check_references_paired, reference_pass
+from .._core.hooks import (
+    GradRecord,
+    HookedMethod,
+    HookSession,
+    check_references_paired,
+    kept_references,
+    reference_pass,
+    restore_references,
+)
 from .._core.inputs import (
     as_tuple,
     baseline_distribution,
@@ -206,14 +214,54 @@ def reference_rows(baselines: Tuple[Tensor, ...], n: int, args: Optional[Tuple[A
 
 
 def deep_lift_multipliers(method: "DeepLift", inputs, references, target, args) -> Tuple[Tensor, ...]:
-    """d(score)/d(inputs) under the Rescale rules: the reference forward, then the inputs' forward
-    and backward, inside ``method``'s hook session."""
+    """d(score)/d(inputs) under the Rescale rules: the reference forward (or what a reusable
+    method kept of the last one), then the inputs' forward and backward, inside ``method``'s hook
+    session."""
     with method._hooks() as scratch:
-        with reference_pass(scratch), torch.enable_grad():  # grad on: max pooling's indices are kept
-            method.model(*references, *(args or ()))
+        cache = method._reference_cache if method._hook_session is not None and not args else None
+        kept = cache.lookup(method.model, references) if cache is not None else None
+        if kept is not None:
+            restore_references(scratch, kept)
+        else:
+            # with grad: max pooling's indices come from what its forward saved for the backward
+            with reference_pass(scratch), torch.set_grad_enabled(method._pools_hooked):
+                method.model(*references, *(args or ()))
+            if cache is not None:
+                cache.store(method.model, references, kept_references(scratch))
         grads = gradients(method.model, leaf_inputs(inputs), target, args)
         check_references_paired(scratch)
     return grads
+
+
+class ReferenceCache:
+    """What a reusable method's last reference forward kept, reused while the reference rows,
+    the model's parameters and buffers (identity and version) and its train/eval modes are
+    unchanged: a server explaining against a fixed baseline runs the baseline once. (A change
+    these do not show, such as an attribute the forward reads, needs ``clear()``.)"""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._state: Optional[tuple] = None
+        self._rows: Tuple[Tensor, ...] = ()
+        self._kept: Optional[dict] = None
+
+    @staticmethod
+    def _model_state(model: nn.Module) -> tuple:
+        tensors = (*model.parameters(), *model.buffers())
+        return tuple((id(t), t._version) for t in tensors) + tuple(m.training for m in model.modules())
+
+    def lookup(self, model: nn.Module, rows: Tuple[Tensor, ...]) -> Optional[dict]:
+        if self._kept is None or len(rows) != len(self._rows):
+            return None
+        for a, b in zip(rows, self._rows):
+            if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not torch.equal(a, b):
+                return None
+        return self._kept if self._model_state(model) == self._state else None
+
+    def store(self, model: nn.Module, rows: Tuple[Tensor, ...], kept: dict) -> None:
+        self._state, self._rows, self._kept = self._model_state(model), tuple(r.clone() for r in rows), kept
 
 
 def call_custom_attribution_func(func: Callable, multipliers, inputs, baselines):
@@ -237,9 +285,13 @@ class DeepLift(GradientAttribution, HookedMethod):
         self.model = model
         self.eps = eps
         self._multiply_by_inputs = multiply_by_inputs
+        self._reference_cache = ReferenceCache()
+        self._pools_hooked = True
 
     def _install_hooks(self, session: HookSession) -> None:
         table = rules(self.eps)
+        self._reference_cache.clear()
+        self._pools_hooked = any(type(m) in _MAXPOOLS for m in self.model.modules())
         for module in self.model.modules():
             entry = table.get(type(module))
             if entry is None:

@@ -58,7 +58,7 @@ class LayerDeepLift(LayerMethod, GradientAttribution):
         if references is None:
             references = reference_rows(baselines, n, args)
         with self._hooks() as scratch:
-            with reference_pass(scratch), torch.enable_grad():  # grad on: max pooling's indices are kept
+            with reference_pass(scratch), torch.set_grad_enabled(self._deep_lift._pools_hooked):
                 _, at_references = layer_eval(scratch, self.layers, to_input, self.model, references, None, args)
             grads, acts = layer_gradients(scratch, self.layers, to_input, self.model, inputs, target, args, grad_kwargs)
             check_references_paired(scratch)

@@ -271,3 +271,15 @@ def test_reusable_deep_lift_keeps_the_baselines_forward_while_nothing_changed(ca
         ours = method.attribute(X4, baseline, target=2)
     assert model.rows == ([1, 4] if reruns else [4])
     torch.testing.assert_close(ours, ea.DeepLift(model).attribute(X4, baseline, target=2), rtol=0, atol=0)
+
+
+def test_reusable_deep_lift_keeps_no_baselines_forward_larger_than_its_budget(monkeypatch):
+    from explain_serve.attr.deep_lift import ReferenceCache
+
+    monkeypatch.setattr(ReferenceCache, "max_bytes", 100)  # the kept activations of one row take more
+    model, baseline = _RowCounter().eval(), X4[:1] * 0.3
+    with ea.DeepLift(model) as method:
+        method.attribute(X4, baseline, target=2)
+        model.rows.clear()
+        method.attribute(X4, baseline, target=2)
+    assert model.rows == [1, 4]

@@ -237,7 +237,10 @@ class ReferenceCache:
     """What a reusable method's last reference forward kept, reused while the reference rows,
     the model's parameters and buffers (identity and version) and its train/eval modes are
     unchanged: a server explaining against a fixed baseline runs the baseline once. (A change
-    these do not show, such as an attribute the forward reads, needs ``clear()``.)"""
+    these do not show, such as an attribute the forward reads, needs ``clear()``.) Only what
+    fits ``max_bytes`` is kept."""
+
+    max_bytes = 64 << 20
 
     def __init__(self) -> None:
         self.clear()
@@ -261,6 +264,11 @@ class ReferenceCache:
         return self._kept if self._model_state(model) == self._state else None
 
     def store(self, model: nn.Module, rows: Tuple[Tensor, ...], kept: dict) -> None:
+        size = sum(t.numel() * t.element_size() for calls in kept.values() for call in calls for t in call
+                   if isinstance(t, Tensor))
+        if size > self.max_bytes:  # many baselines through a large model: not worth the standing memory
+            self.clear()
+            return
         self._state, self._rows, self._kept = self._model_state(model), tuple(r.clone() for r in rows), kept
 
 

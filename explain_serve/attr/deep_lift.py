@@ -236,9 +236,10 @@ def deep_lift_multipliers(method: "DeepLift", inputs, references, target, args) 
 class ReferenceCache:
     """What a reusable method's last reference forward kept, reused while the reference rows,
     the model's parameters and buffers (identity and version) and its train/eval modes are
-    unchanged: a server explaining against a fixed baseline runs the baseline once. (A change
-    these do not show, such as an attribute the forward reads, needs ``clear()``.) Only what
-    fits ``max_bytes`` is kept."""
+    unchanged: a server explaining against a fixed baseline runs the baseline once. A change
+    these do not show (an attribute the forward reads, weights written through ``.data``) needs
+    the method's ``close()`` and ``reusable()`` again, which start a new cache. Only what fits
+    ``max_bytes`` is kept."""
 
     max_bytes = 64 << 20
 

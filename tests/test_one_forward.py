@@ -9,7 +9,7 @@ path for per-example, aggregating and multi-input forwards, and the building blo
 import pytest
 import torch
 
-from explain_serve._core.perturbation import select
+from explain_serve._core.perturbation import bit_mask_dtype, select
 from explain_serve._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_design
 from explain_serve.attr import (
     FeatureAblation,
@@ -117,7 +117,9 @@ SPECIAL = [float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 1e-310, -3.5]
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64,
                                    torch.int64, torch.int32, torch.uint8, torch.bool])
-def test_select_is_torch_where_bit_for_bit(dtype):
+@pytest.mark.parametrize("mask_form", ["bool", "bits"])
+def test_select_is_torch_where_bit_for_bit(dtype, mask_form):
+    """The mask as bool, or as the bit mask (-1 where ``a`` is taken) of ``bit_mask_dtype``."""
     gen = torch.Generator().manual_seed(0)
     mask = torch.rand(5, 1, 7, generator=gen) < 0.5
     if dtype.is_floating_point:
@@ -126,8 +128,13 @@ def test_select_is_torch_where_bit_for_bit(dtype):
     else:
         a = (torch.randn(1, 3, 7, generator=gen) * 50).to(dtype)
         b = (torch.randn(1, 3, 7, generator=gen) * 50).to(dtype)
-    for m, p, q in ((mask, a, b), (mask, b, a)):
-        ours, ref = select(m, p, q), torch.where(m, p, q)
+    given = mask
+    if mask_form == "bits":
+        bits = bit_mask_dtype(a)
+        assert bits == torch.bool if dtype == torch.bool else bits.itemsize == dtype.itemsize
+        given = torch.where(mask, torch.tensor(-1).to(bits), torch.tensor(0).to(bits)) if bits != torch.bool else mask
+    for m, p, q in ((given, a, b), (given, b, a)):
+        ours, ref = select(m, p, q), torch.where(mask, p, q)
         assert ours.dtype == ref.dtype and ours.shape == ref.shape
         if dtype.is_floating_point:  # same bits: NaN payloads and signed zeros included
             width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
@@ -139,10 +146,11 @@ def test_select_is_torch_where_bit_for_bit(dtype):
         for p, q in ((a, number), (number, a)):
             if dtype == torch.bool:
                 continue
-            ours, ref = select(mask, p, q), torch.where(mask, p, q)
+            ours, ref = select(given, p, q), torch.where(mask, p, q)
             assert ours.dtype == ref.dtype
             width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
             assert torch.equal(ours.view(width), ref.view(width)), (p, q)
+    assert torch.equal(given if given.dtype == torch.bool else given != 0, mask)  # never modified
 
 
 def _pinv_fit(z, w, y):

@@ -35,12 +35,34 @@ _SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torc
 _BIT_TYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
+def bit_mask_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of presence masks that ``select`` applies to ``x``'s bits as they are: the
+    integer of ``x``'s width on the CPU (-1, all bits set, where ``a`` is taken; 0 elsewhere),
+    bool where ``select`` goes through ``torch.where``. A caller that builds its masks in this
+    dtype spares ``select`` a conversion pass per call."""
+    if x.device.type == "cpu" and not x.is_complex() and x.dtype != torch.bool:
+        as_int = _SAME_WIDTH_INT.get(x.dtype, x.dtype)
+        if as_int in _BIT_TYPES:
+            return as_int
+    return torch.bool
+
+
+def _as_bool(mask: Tensor) -> Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _bits_of(mask: Tensor, as_int: torch.dtype) -> Tensor:
+    """``mask`` as all-ones/zero integers of type ``as_int`` (not to be modified)."""
+    return mask if mask.dtype == as_int else _as_bool(mask).to(as_int).neg_()
+
+
 def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Tensor:
     """``torch.where(mask, a, b)``, on the CPU computed on the bit patterns as
     ``b ^ ((a ^ b) & -mask)``: the same bits (NaNs and signed zeros included), several times
     faster for the stacked perturbations, where CPU ``where`` does not vectorize; against the
     number +0 (the default baseline) one masking pass. Other devices, mixed dtypes and types
-    other than float and integer go through ``torch.where``. ``mask`` is bool, never modified."""
+    other than float and integer go through ``torch.where``. ``mask`` is bool, or a bit mask of
+    ``bit_mask_dtype(a or b)`` (-1 where ``a`` is taken, 0 elsewhere); never modified."""
     ref = a if isinstance(a, Tensor) else b
     zero = b if ref is a else a
     if (isinstance(ref, Tensor) and ref.device.type == "cpu" and not isinstance(zero, Tensor) and zero == 0
@@ -48,20 +70,23 @@ def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Te
             and _SAME_WIDTH_INT.get(ref.dtype, ref.dtype) in _BIT_TYPES):
         # +0 has no bits set: one pass, the tensor's bits masked (a number takes its dtype)
         bits = ref.view(_SAME_WIDTH_INT.get(ref.dtype, ref.dtype))
-        keep = mask.to(bits.dtype, copy=True)
-        keep = keep.neg_() if ref is a else keep.sub_(1)
-        out = bits & keep
+        if mask.dtype == bits.dtype:  # a bit mask: used as it is
+            out = bits & mask if ref is a else bits & ~mask
+        else:
+            keep = _as_bool(mask).to(bits.dtype, copy=True)
+            keep = keep.neg_() if ref is a else keep.sub_(1)
+            out = bits & keep
         return out.view(ref.dtype) if out.dtype != ref.dtype else out
     if isinstance(ref, Tensor) and ref.is_floating_point():  # a number takes the tensor's dtype, as in where
         a, b = (t if isinstance(t, Tensor) else torch.tensor(t, dtype=ref.dtype, device=ref.device) for t in (a, b))
     if (not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.device.type != "cpu"
             or b.dtype != a.dtype or a.dtype == torch.bool or a.is_complex()):
-        return torch.where(mask, a, b)
+        return torch.where(_as_bool(mask), a, b)
     as_int = _SAME_WIDTH_INT.get(a.dtype, a.dtype)
     if as_int.is_floating_point:  # a float type without a same-width integer view
-        return torch.where(mask, a, b)
+        return torch.where(_as_bool(mask), a, b)
     a_bits, b_bits = a.view(as_int), b.view(as_int)
-    out = (a_bits ^ b_bits) & mask.to(as_int, copy=True).neg_()
+    out = (a_bits ^ b_bits) & _bits_of(mask, as_int)
     out ^= b_bits
     return out.view(a.dtype) if out.dtype != a.dtype else out
 

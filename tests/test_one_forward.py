@@ -9,7 +9,7 @@ path for per-example, aggregating and multi-input forwards, and the building blo
 import pytest
 import torch
 
-from explain_serve._core.perturbation import bit_mask_dtype, select
+from explain_serve._core.perturbation import bit_mask_dtype, per_scalar_batch, select
 from explain_serve._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_design
 from explain_serve.attr import (
     FeatureAblation,
@@ -151,6 +151,40 @@ def test_select_is_torch_where_bit_for_bit(dtype, mask_form):
             width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
             assert torch.equal(ours.view(width), ref.view(width)), (p, q)
     assert torch.equal(given if given.dtype == torch.bool else given != 0, mask)  # never modified
+
+
+_X = torch.tensor(SPECIAL * 2, dtype=torch.float32)[:12].reshape(2, 2, 3)  # NaN, signed zeros, inf
+PER_SCALAR_REPLACEMENTS = {  # name -> (x, replacement)
+    "number": (_X, 0.5),
+    "+0": (_X, 0.0),
+    "-0": (_X, -0.0),
+    "int": (_X, 2),
+    "like x": (_X, torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(3))),
+    "one per copy": (_X, torch.randn(7, 2, 2, 3, generator=torch.Generator().manual_seed(4))),
+    "float64 on float32 (promoted)": (_X, torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(5), dtype=D)),
+    "int input": (torch.arange(12).reshape(2, 6), torch.arange(12).reshape(2, 6) * -1),
+}
+
+
+@pytest.mark.parametrize("name", list(PER_SCALAR_REPLACEMENTS))
+def test_per_scalar_batch_replaces_scalar_i_of_copy_1_plus_i(name):
+    """Against the definition, one copy and one scalar at a time, bit for bit."""
+    x, replacement = PER_SCALAR_REPLACEMENTS[name]
+    b, n = x.shape[0], x[0].numel()
+    ours = per_scalar_batch(x, replacement).reshape(n + 1, b, n)
+    flat = x.reshape(b, n)
+    rep = replacement.reshape(-1, b, n) if isinstance(replacement, torch.Tensor) else None
+    for c in range(n + 1):
+        for e in range(b):
+            for i in range(n):
+                if c == 1 + i:
+                    want = rep[c if rep.shape[0] > 1 else 0, e, i] if rep is not None else torch.tensor(replacement, dtype=x.dtype)
+                else:
+                    want = flat[e, i]
+                got = ours[c, e, i]
+                want = want.to(got.dtype)
+                assert torch.equal(got.reshape(1).view(torch.uint8), want.reshape(1).view(torch.uint8)), (c, e, i)
+    assert ours.dtype == (torch.promote_types(x.dtype, rep.dtype) if rep is not None else x.dtype)
 
 
 def _pinv_fit(z, w, y):

@@ -240,12 +240,23 @@ def one_scalar_each(n: int, device: torch.device) -> Tensor:
 def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:
     """``n + 1`` stacked copies of ``x`` (n scalars per example): copy 0 as it is, copy ``1 + i``
     with scalar ``i`` taken from ``replacement`` (a number, a tensor shaped like ``x``, or one
-    such tensor per copy, ``(n + 1, *x.shape)``)."""
+    such tensor per copy, ``(n + 1, *x.shape)``).
+
+    The copies are one repeat of ``x`` whose diagonal (scalar ``i`` of copy ``1 + i``) is then
+    overwritten: two passes, bits kept, where a masked select of every element took several.
+    A replacement tensor of another dtype goes through ``select`` (its type promotion)."""
     b, inner = x.shape[0], tuple(x.shape[1:])
     n = x[0].numel()
-    if isinstance(replacement, Tensor):
-        replacement = replacement.reshape(-1, b, n)
-    out = select(one_scalar_each(n, x.device), replacement, x.reshape(1, b, n))
+    if isinstance(replacement, Tensor) and replacement.dtype != x.dtype:
+        out = select(one_scalar_each(n, x.device), replacement.reshape(-1, b, n), x.reshape(1, b, n))
+        return out.reshape(((n + 1) * b,) + inner)
+    out = x.reshape(1, b, n).repeat(n + 1, 1, 1)
+    diagonal = out[1:].diagonal(0, 0, 2)  # (b, n): scalar i of copy 1 + i
+    if not isinstance(replacement, Tensor):
+        diagonal.fill_(replacement)
+    else:
+        per_copy = replacement.reshape(-1, b, n)
+        diagonal.copy_(per_copy[0] if per_copy.shape[0] == 1 else per_copy[1:].diagonal(0, 0, 2))
     return out.reshape(((n + 1) * b,) + inner)
 
 

@@ -34,7 +34,7 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         bsz = inputs[0].shape[0]
         if draw_baseline_from_distrib:
             baselines = tuple(
-                b[torch.as_tensor(shared_choice(b.shape[0], n, bsz), device=b.device)] if isinstance(b, torch.Tensor) else b
+                b[_on(shared_choice(b.shape[0], n, bsz), b.device)] if isinstance(b, torch.Tensor) else b
                 for b in baselines
             )
         else:
@@ -50,6 +50,10 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         masks = tuple(m.repeat_interleave(n, dim=0) if m.shape[0] > 1 else m for m in masks)
         out["feature_mask"] = masks if isinstance(out["feature_mask"], tuple) else masks[0]
     return out
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
 
 
 def _noise_samples(inputs, stdevs, nt_samples: int) -> list:

@@ -65,8 +65,8 @@ def _noise_samples(inputs, stdevs, nt_samples: int) -> list:
         return [None] * len(inputs)
     seed = int(torch.randint(0, 2**62, (1,)).item())
     return [
-        torch.randn((nt_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed + k), dtype=x.dtype)
-        .to(x.device) * s if s else None
+        _on(torch.randn((nt_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed + k), dtype=x.dtype),
+            x.device) * s if s else None
         for k, (x, s) in enumerate(zip(inputs, stdevs))
     ]
 

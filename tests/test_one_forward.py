@@ -187,6 +187,22 @@ def test_per_scalar_batch_replaces_scalar_i_of_copy_1_plus_i(name):
     assert ours.dtype == (torch.promote_types(x.dtype, rep.dtype) if rep is not None else x.dtype)
 
 
+def test_small_tensor_cache_keeps_only_small_results_and_at_most_maxsize():
+    from explain_serve._core.caching import small_tensor_cache
+
+    built = []
+
+    @small_tensor_cache(lambda n: n, limit=10, maxsize=2)
+    def zeros(n):
+        built.append(n)
+        return torch.zeros(n)
+
+    assert zeros(3) is zeros(3) and built == [3]  # small: built once
+    assert zeros(11) is not zeros(11) and built == [3, 11, 11]  # over the limit: built per call
+    zeros(4), zeros(5), zeros(3)  # maxsize 2: 3 was evicted, built again
+    assert built == [3, 11, 11, 4, 5, 3]
+
+
 def _pinv_fit(z, w, y):
     """The textbook minimum-norm solution: the SVD pseudo-inverse of the weighted centred design."""
     z = z.to(D)

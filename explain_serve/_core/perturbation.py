@@ -7,13 +7,13 @@ mapping of per-feature values back to input positions.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .batching import budget_units, chunks
+from .caching import small_tensor_cache
 from .inputs import as_tuple, expand_args, run_forward
 from .progress import expect_forwards, forward_done
 from .targets import TargetType, expand_target
@@ -222,19 +222,13 @@ def forward_units(
     return out.reshape((n_units, rows) + tuple(out.shape[1:]))
 
 
-@lru_cache(maxsize=32)
-def _one_scalar_each(n: int, device: torch.device) -> Tensor:
-    sel = torch.zeros(n + 1, 1, n, dtype=torch.bool, device=device)
-    sel[1:, 0].fill_diagonal_(True)
-    return sel
-
-
+@small_tensor_cache(lambda n, device: n, limit=1024)
 def one_scalar_each(n: int, device: torch.device) -> Tensor:
     """``(n + 1, 1, n)`` bool: copy 0 selects nothing, copy ``1 + i`` scalar ``i`` (the default
     feature mask of one input, with the unperturbed copy first). Cached up to 1024 scalars."""
-    if n <= 1024:
-        return _one_scalar_each(n, device)
-    return _one_scalar_each.__wrapped__(n, device)
+    sel = torch.zeros(n + 1, 1, n, dtype=torch.bool, device=device)
+    sel[1:, 0].fill_diagonal_(True)
+    return sel
 
 
 def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
 from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .._core.caching import small_tensor_cache
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
 from ._base import PerturbationAttribution
@@ -68,22 +68,16 @@ def antithetic_permutations(n: int, n_feat: int) -> Tensor:
     return half.view(-1)[_pairs_index(n, n_feat)]
 
 
+@small_tensor_cache(lambda n, n_feat: n * n_feat)
 def _pairs_index(n: int, n_feat: int) -> Tensor:
     """``(n, F)`` flat indices into the ``(ceil(n / 2), F)`` half orderings laying out each one
-    followed by its reverse (cached up to 2^16 entries)."""
-    if n * n_feat <= 1 << 16:
-        return _pairs_index_cached(n, n_feat)
-    return _pairs_index_cached.__wrapped__(n, n_feat)
-
-
-@lru_cache(maxsize=32)
-def _pairs_index_cached(n: int, n_feat: int) -> Tensor:
+    followed by its reverse."""
     cols = torch.arange(n_feat)
     reverse = (torch.arange(n) % 2 == 1)[:, None]
     return (torch.arange(n) // 2)[:, None] * n_feat + torch.where(reverse, n_feat - 1 - cols, cols)
 
 
-@lru_cache(maxsize=32)
+@small_tensor_cache(lambda n_feat, dtype, device: n_feat * n_feat)
 def _ends_and_prefixes(n_feat: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor]:
     """Presence by position, in ``select``'s mask ``dtype``: ``(2, F)`` the empty and the full
     coalition, ``(F - 1, F)`` row ``k`` the first ``k + 1`` positions of an ordering."""
@@ -108,16 +102,10 @@ def _walk_keep(perms: Tensor, dtype: torch.dtype) -> Tensor:
     return keep
 
 
+@small_tensor_cache(lambda n_samples, n_feat, device: n_samples * (n_feat + 1))
 def _walk_rows(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
     """``(S, F + 1)`` unit of each step of each walk among ``[empty, full, inner...]``: 0, then
-    walk ``s``'s ``F - 1`` inner coalitions, then 1 (cached up to 2^16 entries)."""
-    if n_samples * (n_feat + 1) <= 1 << 16:
-        return _walk_rows_cached(n_samples, n_feat, device)
-    return _walk_rows_cached.__wrapped__(n_samples, n_feat, device)
-
-
-@lru_cache(maxsize=32)
-def _walk_rows_cached(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
+    walk ``s``'s ``F - 1`` inner coalitions, then 1."""
     inner = torch.arange(2, 2 + n_samples * (n_feat - 1), device=device).reshape(n_samples, n_feat - 1)
     return torch.cat([inner.new_zeros(n_samples, 1), inner, inner.new_ones(n_samples, 1)], 1)
 

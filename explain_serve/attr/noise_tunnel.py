@@ -34,7 +34,7 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         bsz = inputs[0].shape[0]
         if draw_baseline_from_distrib:
             baselines = tuple(
-                b[_on(shared_choice(b.shape[0], n, bsz), b.device)] if isinstance(b, torch.Tensor) else b
+                _rows(b, _on(shared_choice(b.shape[0], n, bsz), b.device)) if isinstance(b, torch.Tensor) else b
                 for b in baselines
             )
         else:
@@ -54,6 +54,11 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
 
 def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device)
+
+
+def _rows(b: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``b[index]``; ``index_select`` where ``b`` is contiguous (cheaper there, slower on strides)."""
+    return b.index_select(0, index) if b.is_contiguous() else b[index]
 
 
 def _noise_samples(inputs, stdevs, nt_samples: int) -> list:

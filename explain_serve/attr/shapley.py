@@ -65,7 +65,7 @@ def antithetic_permutations(n: int, n_feat: int) -> Tensor:
     if not halves:
         return torch.zeros(0, n_feat, dtype=torch.long)
     half = halves[0] if len(halves) == 1 else torch.cat(halves)
-    return half.view(-1)[_pairs_index(n, n_feat)]
+    return torch.take(half, _pairs_index(n, n_feat))
 
 
 @small_tensor_cache(lambda n, n_feat: n * n_feat)

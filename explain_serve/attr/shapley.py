@@ -110,6 +110,16 @@ def _walk_rows(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
     return torch.cat([inner.new_zeros(n_samples, 1), inner, inner.new_ones(n_samples, 1)], 1)
 
 
+def _average_contributions(perms: Tensor, v: Tensor) -> Tensor:
+    """Shapley estimates ``(F, *out)`` from each walk's values ``v`` (S, F + 1, *out), ends
+    included: step ``k``'s marginal contribution goes to feature ``perms[s, k]``."""
+    n_samples, n_feat = perms.shape
+    marg = torch.diff(v, dim=1)  # (S, F, *out)
+    phi = torch.zeros((n_feat,) + tuple(v.shape[2:]), dtype=marg.dtype, device=marg.device)
+    phi.index_add_(0, perms.reshape(-1), marg.reshape((n_samples * n_feat,) + tuple(v.shape[2:])))
+    return phi / n_samples
+
+
 class ShapleyValueSampling(PerturbationAttribution):
     """Sampled Shapley values (Monte Carlo over feature orderings)."""
 
@@ -247,10 +257,7 @@ class ShapleyValueSampling(PerturbationAttribution):
         v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype),
                        v.to(final.dtype).reshape((n_samples, n_feat - 1) + shape),
                        final.expand((n_samples, 1) + shape)], 1)
-        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
-        phi = torch.zeros((n_feat,) + shape, dtype=marg.dtype, device=marg.device)
-        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + shape))
-        return phi / n_samples
+        return _average_contributions(perms, v)
 
     def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval,
                                 one_scalar_each=False):
@@ -266,11 +273,7 @@ class ShapleyValueSampling(PerturbationAttribution):
                              target, args)
         if outs is None:
             return None
-        v = outs[_walk_rows(n_samples, n_feat, perms.device)]  # (S, F + 1, *out): each walk, ends included
-        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
-        phi = torch.zeros((n_feat,) + tuple(outs.shape[1:]), dtype=marg.dtype, device=marg.device)
-        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(outs.shape[1:])))
-        return phi / n_samples
+        return _average_contributions(perms, outs[_walk_rows(n_samples, n_feat, perms.device)])
 
     def _sampled(self, inputs, baselines, masks, perms, initial, target, args, per_eval):
         n_samples, n_feat = perms.shape

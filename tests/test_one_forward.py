@@ -9,7 +9,7 @@ path for per-example, aggregating and multi-input forwards, and the building blo
 import pytest
 import torch
 
-from explain_serve._core.perturbation import select
+from explain_serve._core.perturbation import bit_mask_dtype, per_scalar_batch, select
 from explain_serve._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_design
 from explain_serve.attr import (
     FeatureAblation,
@@ -117,7 +117,9 @@ SPECIAL = [float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 1e-310, -3.5]
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64,
                                    torch.int64, torch.int32, torch.uint8, torch.bool])
-def test_select_is_torch_where_bit_for_bit(dtype):
+@pytest.mark.parametrize("mask_form", ["bool", "bits"])
+def test_select_is_torch_where_bit_for_bit(dtype, mask_form):
+    """The mask as bool, or as the bit mask (-1 where ``a`` is taken) of ``bit_mask_dtype``."""
     gen = torch.Generator().manual_seed(0)
     mask = torch.rand(5, 1, 7, generator=gen) < 0.5
     if dtype.is_floating_point:
@@ -126,8 +128,13 @@ def test_select_is_torch_where_bit_for_bit(dtype):
     else:
         a = (torch.randn(1, 3, 7, generator=gen) * 50).to(dtype)
         b = (torch.randn(1, 3, 7, generator=gen) * 50).to(dtype)
-    for m, p, q in ((mask, a, b), (mask, b, a)):
-        ours, ref = select(m, p, q), torch.where(m, p, q)
+    given = mask
+    if mask_form == "bits":
+        bits = bit_mask_dtype(a)
+        assert bits == torch.bool if dtype == torch.bool else bits.itemsize == dtype.itemsize
+        given = torch.where(mask, torch.tensor(-1).to(bits), torch.tensor(0).to(bits)) if bits != torch.bool else mask
+    for m, p, q in ((given, a, b), (given, b, a)):
+        ours, ref = select(m, p, q), torch.where(mask, p, q)
         assert ours.dtype == ref.dtype and ours.shape == ref.shape
         if dtype.is_floating_point:  # same bits: NaN payloads and signed zeros included
             width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
@@ -139,10 +146,61 @@ def test_select_is_torch_where_bit_for_bit(dtype):
         for p, q in ((a, number), (number, a)):
             if dtype == torch.bool:
                 continue
-            ours, ref = select(mask, p, q), torch.where(mask, p, q)
+            ours, ref = select(given, p, q), torch.where(mask, p, q)
             assert ours.dtype == ref.dtype
             width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[ref.element_size()]
             assert torch.equal(ours.view(width), ref.view(width)), (p, q)
+    assert torch.equal(given if given.dtype == torch.bool else given != 0, mask)  # never modified
+
+
+_X = torch.tensor(SPECIAL * 2, dtype=torch.float32)[:12].reshape(2, 2, 3)  # NaN, signed zeros, inf
+PER_SCALAR_REPLACEMENTS = {  # name -> (x, replacement)
+    "number": (_X, 0.5),
+    "+0": (_X, 0.0),
+    "-0": (_X, -0.0),
+    "int": (_X, 2),
+    "like x": (_X, torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(3))),
+    "one per copy": (_X, torch.randn(7, 2, 2, 3, generator=torch.Generator().manual_seed(4))),
+    "float64 on float32 (promoted)": (_X, torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(5), dtype=D)),
+    "int input": (torch.arange(12).reshape(2, 6), torch.arange(12).reshape(2, 6) * -1),
+}
+
+
+@pytest.mark.parametrize("name", list(PER_SCALAR_REPLACEMENTS))
+def test_per_scalar_batch_replaces_scalar_i_of_copy_1_plus_i(name):
+    """Against the definition, one copy and one scalar at a time, bit for bit."""
+    x, replacement = PER_SCALAR_REPLACEMENTS[name]
+    b, n = x.shape[0], x[0].numel()
+    ours = per_scalar_batch(x, replacement).reshape(n + 1, b, n)
+    flat = x.reshape(b, n)
+    rep = replacement.reshape(-1, b, n) if isinstance(replacement, torch.Tensor) else None
+    for c in range(n + 1):
+        for e in range(b):
+            for i in range(n):
+                if c == 1 + i:
+                    want = rep[c if rep.shape[0] > 1 else 0, e, i] if rep is not None else torch.tensor(replacement, dtype=x.dtype)
+                else:
+                    want = flat[e, i]
+                got = ours[c, e, i]
+                want = want.to(got.dtype)
+                assert torch.equal(got.reshape(1).view(torch.uint8), want.reshape(1).view(torch.uint8)), (c, e, i)
+    assert ours.dtype == (torch.promote_types(x.dtype, rep.dtype) if rep is not None else x.dtype)
+
+
+def test_small_tensor_cache_keeps_only_small_results_and_at_most_maxsize():
+    from explain_serve._core.caching import small_tensor_cache
+
+    built = []
+
+    @small_tensor_cache(lambda n: n, limit=10, maxsize=2)
+    def zeros(n):
+        built.append(n)
+        return torch.zeros(n)
+
+    assert zeros(3) is zeros(3) and built == [3]  # small: built once
+    assert zeros(11) is not zeros(11) and built == [3, 11, 11]  # over the limit: built per call
+    zeros(4), zeros(5), zeros(3)  # maxsize 2: 3 was evicted, built again
+    assert built == [3, 11, 11, 4, 5, 3]
 
 
 def _pinv_fit(z, w, y):

@@ -7,13 +7,13 @@ mapping of per-feature values back to input positions.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .batching import budget_units, chunks
+from .caching import small_tensor_cache
 from .inputs import as_tuple, expand_args, run_forward
 from .progress import expect_forwards, forward_done
 from .targets import TargetType, expand_target
@@ -35,12 +35,34 @@ _SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torc
 _BIT_TYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
+def bit_mask_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of presence masks that ``select`` applies to ``x``'s bits as they are: the
+    integer of ``x``'s width on the CPU (-1, all bits set, where ``a`` is taken; 0 elsewhere),
+    bool where ``select`` goes through ``torch.where``. A caller that builds its masks in this
+    dtype spares ``select`` a conversion pass per call."""
+    if x.device.type == "cpu" and not x.is_complex() and x.dtype != torch.bool:
+        as_int = _SAME_WIDTH_INT.get(x.dtype, x.dtype)
+        if as_int in _BIT_TYPES:
+            return as_int
+    return torch.bool
+
+
+def _as_bool(mask: Tensor) -> Tensor:
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def _bits_of(mask: Tensor, as_int: torch.dtype) -> Tensor:
+    """``mask`` as all-ones/zero integers of type ``as_int`` (not to be modified)."""
+    return mask if mask.dtype == as_int else _as_bool(mask).to(as_int).neg_()
+
+
 def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Tensor:
     """``torch.where(mask, a, b)``, on the CPU computed on the bit patterns as
     ``b ^ ((a ^ b) & -mask)``: the same bits (NaNs and signed zeros included), several times
     faster for the stacked perturbations, where CPU ``where`` does not vectorize; against the
     number +0 (the default baseline) one masking pass. Other devices, mixed dtypes and types
-    other than float and integer go through ``torch.where``. ``mask`` is bool, never modified."""
+    other than float and integer go through ``torch.where``. ``mask`` is bool, or a bit mask of
+    ``bit_mask_dtype(a or b)`` (-1 where ``a`` is taken, 0 elsewhere); never modified."""
     ref = a if isinstance(a, Tensor) else b
     zero = b if ref is a else a
     if (isinstance(ref, Tensor) and ref.device.type == "cpu" and not isinstance(zero, Tensor) and zero == 0
@@ -48,20 +70,23 @@ def select(mask: Tensor, a: Union[Tensor, float], b: Union[Tensor, float]) -> Te
             and _SAME_WIDTH_INT.get(ref.dtype, ref.dtype) in _BIT_TYPES):
         # +0 has no bits set: one pass, the tensor's bits masked (a number takes its dtype)
         bits = ref.view(_SAME_WIDTH_INT.get(ref.dtype, ref.dtype))
-        keep = mask.to(bits.dtype, copy=True)
-        keep = keep.neg_() if ref is a else keep.sub_(1)
-        out = bits & keep
+        if mask.dtype == bits.dtype:  # a bit mask: used as it is
+            out = bits & mask if ref is a else bits & ~mask
+        else:
+            keep = _as_bool(mask).to(bits.dtype, copy=True)
+            keep = keep.neg_() if ref is a else keep.sub_(1)
+            out = bits & keep
         return out.view(ref.dtype) if out.dtype != ref.dtype else out
     if isinstance(ref, Tensor) and ref.is_floating_point():  # a number takes the tensor's dtype, as in where
         a, b = (t if isinstance(t, Tensor) else torch.tensor(t, dtype=ref.dtype, device=ref.device) for t in (a, b))
     if (not isinstance(a, Tensor) or not isinstance(b, Tensor) or a.device.type != "cpu"
             or b.dtype != a.dtype or a.dtype == torch.bool or a.is_complex()):
-        return torch.where(mask, a, b)
+        return torch.where(_as_bool(mask), a, b)
     as_int = _SAME_WIDTH_INT.get(a.dtype, a.dtype)
     if as_int.is_floating_point:  # a float type without a same-width integer view
-        return torch.where(mask, a, b)
+        return torch.where(_as_bool(mask), a, b)
     a_bits, b_bits = a.view(as_int), b.view(as_int)
-    out = (a_bits ^ b_bits) & mask.to(as_int, copy=True).neg_()
+    out = (a_bits ^ b_bits) & _bits_of(mask, as_int)
     out ^= b_bits
     return out.view(a.dtype) if out.dtype != a.dtype else out
 
@@ -197,30 +222,35 @@ def forward_units(
     return out.reshape((n_units, rows) + tuple(out.shape[1:]))
 
 
-@lru_cache(maxsize=32)
-def _one_scalar_each(n: int, device: torch.device) -> Tensor:
+@small_tensor_cache(lambda n, device: n, limit=1024)
+def one_scalar_each(n: int, device: torch.device) -> Tensor:
+    """``(n + 1, 1, n)`` bool: copy 0 selects nothing, copy ``1 + i`` scalar ``i`` (the default
+    feature mask of one input, with the unperturbed copy first). Cached up to 1024 scalars."""
     sel = torch.zeros(n + 1, 1, n, dtype=torch.bool, device=device)
     sel[1:, 0].fill_diagonal_(True)
     return sel
 
 
-def one_scalar_each(n: int, device: torch.device) -> Tensor:
-    """``(n + 1, 1, n)`` bool: copy 0 selects nothing, copy ``1 + i`` scalar ``i`` (the default
-    feature mask of one input, with the unperturbed copy first). Cached up to 1024 scalars."""
-    if n <= 1024:
-        return _one_scalar_each(n, device)
-    return _one_scalar_each.__wrapped__(n, device)
-
-
 def per_scalar_batch(x: Tensor, replacement: Union[Tensor, float]) -> Tensor:
     """``n + 1`` stacked copies of ``x`` (n scalars per example): copy 0 as it is, copy ``1 + i``
     with scalar ``i`` taken from ``replacement`` (a number, a tensor shaped like ``x``, or one
-    such tensor per copy, ``(n + 1, *x.shape)``)."""
+    such tensor per copy, ``(n + 1, *x.shape)``).
+
+    The copies are one repeat of ``x`` whose diagonal (scalar ``i`` of copy ``1 + i``) is then
+    overwritten: two passes, bits kept, where a masked select of every element took several.
+    A replacement tensor of another dtype goes through ``select`` (its type promotion)."""
     b, inner = x.shape[0], tuple(x.shape[1:])
     n = x[0].numel()
-    if isinstance(replacement, Tensor):
-        replacement = replacement.reshape(-1, b, n)
-    out = select(one_scalar_each(n, x.device), replacement, x.reshape(1, b, n))
+    if isinstance(replacement, Tensor) and replacement.dtype != x.dtype:
+        out = select(one_scalar_each(n, x.device), replacement.reshape(-1, b, n), x.reshape(1, b, n))
+        return out.reshape(((n + 1) * b,) + inner)
+    out = x.reshape(1, b, n).repeat(n + 1, 1, 1)
+    diagonal = out[1:].diagonal(0, 0, 2)  # (b, n): scalar i of copy 1 + i
+    if not isinstance(replacement, Tensor):
+        diagonal.fill_(replacement)
+    else:
+        per_copy = replacement.reshape(-1, b, n)
+        diagonal.copy_(per_copy[0] if per_copy.shape[0] == 1 else per_copy[1:].diagonal(0, 0, 2))
     return out.reshape(((n + 1) * b,) + inner)
 
 

@@ -33,9 +33,10 @@ def shared_uniform(rows: int) -> Tensor:
     """``rows`` draws from U(0, 1) (float64): one per sample, repeated for every example when the
     layout is known."""
     n = _PER_EXAMPLE.get()
+    # random_sample(k) is uniform(0.0, 1.0, k) (0 + 1 * the same doubles), without its checks
     if not n or rows % n:
-        return torch.from_numpy(np.random.uniform(0.0, 1.0, rows))
-    return torch.from_numpy(np.random.uniform(0.0, 1.0, n)).expand(rows // n, n).reshape(-1)
+        return torch.from_numpy(np.random.random_sample(rows))
+    return torch.from_numpy(np.random.random_sample(n)).expand(rows // n, n).reshape(-1)
 
 
 def shared_choice(k: int, n: int, n_examples: int) -> Tensor:

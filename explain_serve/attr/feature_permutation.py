@@ -141,11 +141,13 @@ class FeaturePermutation(FeatureAblation):
                 and self._lean_applies(inputs, perturbations_per_eval)
                 and inputs[0].shape[0] >= max(2, self._min_examples_per_batch_grouped or 0)):
             # one input, default masks: every scalar shuffled by its own permutation, one forward
+            # (scalar i of example j taken from example perm_i[j]: one gather, shaped like x)
             x = inputs[0]
             b = x.shape[0]
-            rows = torch.cat([torch.arange(b), _random_permutations(b, x[0].numel()).reshape(-1)])
-            shuffled = x[rows.to(x.device)].reshape((-1,) + tuple(x.shape))
-            return format_output(was_tuple, (self._lean(x, shuffled, target, args),))
+            perms = _random_permutations(b, x[0].numel()).T
+            flat = x.reshape(b, -1)
+            shuffled = flat.gather(0, perms if perms.device == x.device else perms.to(x.device))
+            return format_output(was_tuple, (self._lean(x, shuffled.reshape(x.shape), target, args),))
         masks = format_masks(feature_mask, inputs)
         baselines = tuple(None for _ in inputs)
         feats = self._default_feature_ids(inputs) if feature_mask is None else self._feature_ids(masks)

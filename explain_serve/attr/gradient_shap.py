@@ -37,12 +37,11 @@ class InputBaselineXGradient(GradientAttribution):
         baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
         args = format_args(additional_forward_args)
         alpha = torch.as_tensor(shared_uniform(inputs[0].shape[0]), dtype=inputs[0].dtype, device=inputs[0].device)
-        points = tuple(
-            b + alpha.view(-1, *([1] * (x.dim() - 1))) * (x - b) for x, b in zip(inputs, baselines)
-        )
+        deltas = tuple(x - b for x, b in zip(inputs, baselines))  # the path, and the multiplier
+        points = tuple(b + alpha.view(-1, *([1] * (d.dim() - 1))) * d for b, d in zip(baselines, deltas))
         grads = gradients(self.forward_func, leaf_inputs(points), target, args)
         if self._multiply_by_inputs:
-            grads = tuple(g * (x - b) for g, x, b in zip(grads, inputs, baselines))
+            grads = tuple(g * d for g, d in zip(grads, deltas))
         attributions = format_output(was_tuple, grads)
         if not return_convergence_delta:
             return attributions

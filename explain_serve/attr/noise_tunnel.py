@@ -34,7 +34,7 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
         bsz = inputs[0].shape[0]
         if draw_baseline_from_distrib:
             baselines = tuple(
-                b[torch.as_tensor(shared_choice(b.shape[0], n, bsz), device=b.device)] if isinstance(b, torch.Tensor) else b
+                _rows(b, _on(shared_choice(b.shape[0], n, bsz), b.device)) if isinstance(b, torch.Tensor) else b
                 for b in baselines
             )
         else:
@@ -52,6 +52,15 @@ def _expand_kwargs(kwargs: Dict[str, Any], inputs, n: int, draw_baseline_from_di
     return out
 
 
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
+
+
+def _rows(b: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``b[index]``; ``index_select`` where ``b`` is contiguous (cheaper there, slower on strides)."""
+    return b.index_select(0, index) if b.is_contiguous() else b[index]
+
+
 def _noise_samples(inputs, stdevs, nt_samples: int) -> list:
     """Per input, ``nt_samples`` noise samples of one example's shape (None where the stdev is 0),
     shared by every example of the batch: an example gets the noise it would get alone, and the
@@ -61,8 +70,8 @@ def _noise_samples(inputs, stdevs, nt_samples: int) -> list:
         return [None] * len(inputs)
     seed = int(torch.randint(0, 2**62, (1,)).item())
     return [
-        torch.randn((nt_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed + k), dtype=x.dtype)
-        .to(x.device) * s if s else None
+        _on(torch.randn((nt_samples, *x.shape[1:]), generator=torch.Generator().manual_seed(seed + k), dtype=x.dtype),
+            x.device) * s if s else None
         for k, (x, s) in enumerate(zip(inputs, stdevs))
     ]
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from .._core.caching import small_tensor_cache
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
 from ._base import PerturbationAttribution
@@ -38,6 +38,7 @@ from .._core.progress import shows_progress
 from .._core.perturbation import (
     check_per_eval,
     evaluate_chunks,
+    bit_mask_dtype,
     fits_one_forward,
     format_masks,
     forward_tensor,
@@ -59,30 +60,64 @@ def antithetic_permutations(n: int, n_feat: int) -> Tensor:
     halves = []
     for start in range(0, n_pairs, dim):
         g = torch.randn(n_feat, min(dim, n_pairs - start), dtype=torch.float64)
-        q, r = torch.linalg.qr(g - g.mean(0))  # centred Gaussian columns: an isotropic frame
+        q, r = torch.linalg.qr(g.sub_(g.mean(0)))  # centred Gaussian columns: an isotropic frame
         halves.append((q * torch.sign(torch.diagonal(r))).T.argsort(-1))
-    half = torch.cat(halves) if halves else torch.zeros(0, n_feat, dtype=torch.long)
-    return torch.stack([half, half.flip(-1)], 1).reshape(-1, n_feat)[:n]
+    if not halves:
+        return torch.zeros(0, n_feat, dtype=torch.long)
+    half = halves[0] if len(halves) == 1 else torch.cat(halves)
+    return torch.take(half, _pairs_index(n, n_feat))
 
 
-@lru_cache(maxsize=32)
-def _empty_and_full(n_feat: int, device: torch.device) -> Tensor:
-    """Presence rows of v(empty) (the baseline) and v(full) (the input), units 0 and 1."""
-    return torch.tensor([[False], [True]], device=device).expand(2, n_feat)
+@small_tensor_cache(lambda n, n_feat: n * n_feat)
+def _pairs_index(n: int, n_feat: int) -> Tensor:
+    """``(n, F)`` flat indices into the ``(ceil(n / 2), F)`` half orderings laying out each one
+    followed by its reverse."""
+    cols = torch.arange(n_feat)
+    reverse = (torch.arange(n) % 2 == 1)[:, None]
+    return (torch.arange(n) // 2)[:, None] * n_feat + torch.where(reverse, n_feat - 1 - cols, cols)
 
 
+@small_tensor_cache(lambda n_feat, dtype, device: n_feat * n_feat)
+def _ends_and_prefixes(n_feat: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Presence by position, in ``select``'s mask ``dtype``: ``(2, F)`` the empty and the full
+    coalition, ``(F - 1, F)`` row ``k`` the first ``k + 1`` positions of an ordering."""
+    on = torch.ones((), dtype=dtype, device=device) if dtype == torch.bool else torch.full((), -1, dtype=dtype, device=device)
+    pos = torch.arange(n_feat, device=device)
+    prefixes = torch.where(pos[None, :] <= torch.arange(n_feat - 1, device=device)[:, None], on, on.new_zeros(()))
+    ends = torch.stack([on.new_zeros(n_feat), on.expand(n_feat)])
+    return ends, prefixes
+
+
+def _walk_keep(perms: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(2 + S (F - 1), F)`` presence of every unit of the one-forward walk: v(empty), v(full),
+    then walk ``s``'s inner coalitions (unit ``2 + s (F - 1) + k``: the first ``k + 1`` features
+    of ordering ``s``), scattered at once from the prefixes by position, in ``select``'s mask
+    ``dtype`` (a bit mask where ``select`` takes one: no conversion pass)."""
+    n_samples, n_feat = perms.shape
+    ends, prefixes = _ends_and_prefixes(n_feat, dtype, perms.device)
+    keep = torch.empty(2 + n_samples * (n_feat - 1), n_feat, dtype=dtype, device=perms.device)
+    keep[:2].copy_(ends)
+    shape = (n_samples, n_feat - 1, n_feat)
+    keep[2:].view(shape).scatter_(2, perms[:, None, :].expand(shape), prefixes.expand(shape))
+    return keep
+
+
+@small_tensor_cache(lambda n_samples, n_feat, device: n_samples * (n_feat + 1))
 def _walk_rows(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
     """``(S, F + 1)`` unit of each step of each walk among ``[empty, full, inner...]``: 0, then
-    walk ``s``'s ``F - 1`` inner coalitions, then 1 (cached up to 2^16 entries)."""
-    if n_samples * (n_feat + 1) <= 1 << 16:
-        return _walk_rows_cached(n_samples, n_feat, device)
-    return _walk_rows_cached.__wrapped__(n_samples, n_feat, device)
-
-
-@lru_cache(maxsize=32)
-def _walk_rows_cached(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
+    walk ``s``'s ``F - 1`` inner coalitions, then 1."""
     inner = torch.arange(2, 2 + n_samples * (n_feat - 1), device=device).reshape(n_samples, n_feat - 1)
     return torch.cat([inner.new_zeros(n_samples, 1), inner, inner.new_ones(n_samples, 1)], 1)
+
+
+def _average_contributions(perms: Tensor, v: Tensor) -> Tensor:
+    """Shapley estimates ``(F, *out)`` from each walk's values ``v`` (S, F + 1, *out), ends
+    included: step ``k``'s marginal contribution goes to feature ``perms[s, k]``."""
+    n_samples, n_feat = perms.shape
+    marg = torch.diff(v, dim=1)  # (S, F, *out)
+    phi = torch.zeros((n_feat,) + tuple(v.shape[2:]), dtype=marg.dtype, device=marg.device)
+    phi.index_add_(0, perms.reshape(-1), marg.reshape((n_samples * n_feat,) + tuple(v.shape[2:])))
+    return phi / n_samples
 
 
 class ShapleyValueSampling(PerturbationAttribution):
@@ -122,10 +157,10 @@ class ShapleyValueSampling(PerturbationAttribution):
         was_tuple = is_tuple(inputs)
         inputs = as_tuple(inputs)
         check_per_eval(perturbations_per_eval)
-        zeros = tuple(0 for _ in inputs) if baselines is None else None  # default baselines, as numbers
-        baselines = tensorize_baselines(format_baselines(baselines, inputs), inputs)
+        formatted = format_baselines(baselines, inputs)
         args = format_args(additional_forward_args)
-        masks = format_masks(feature_mask, inputs)
+        one_scalar_each = feature_mask is None and len(inputs) == 1  # feature i is scalar i: no mask needed
+        masks = None if one_scalar_each else format_masks(feature_mask, inputs)
         num_examples = inputs[0].shape[0]
         n_feat = (sum(x[0:1].numel() for x in inputs) if feature_mask is None
                   else int(max(int(m.max()) for m in masks if m.numel())) + 1)
@@ -133,16 +168,22 @@ class ShapleyValueSampling(PerturbationAttribution):
         with torch.no_grad():
             perms = None
             if not exact:
-                perms = antithetic_permutations(n_samples, n_feat).to(inputs[0].device)  # (S, F)
-                one_scalar_each = feature_mask is None and len(inputs) == 1  # feature i is scalar i
-                phi = self._sampled_in_one_forward(inputs, zeros or baselines, masks, perms, target, args,
-                                                   perturbations_per_eval, one_scalar_each)
+                perms = antithetic_permutations(n_samples, n_feat)  # (S, F)
+                if perms.device != inputs[0].device:
+                    perms = perms.to(inputs[0].device)
+                # default baselines stay numbers (one masking pass, no baseline tensor)
+                phi = self._sampled_in_one_forward(
+                    inputs, formatted if baselines is None else tensorize_baselines(formatted, inputs), masks,
+                    perms, target, args, perturbations_per_eval, one_scalar_each)
                 if phi is not None:
                     if one_scalar_each:
                         return format_output(was_tuple, (spread_per_scalar(phi, inputs[0].shape),))
                     out_shape = phi.shape[1:]
                     attrs = tuple(values_to_inputs(phi, m, out_shape, x.shape) for x, m in zip(inputs, masks))
                     return format_output(was_tuple, attrs)
+            if masks is None:
+                masks = format_masks(feature_mask, inputs)
+            baselines = tensorize_baselines(formatted, inputs)
             initial = forward_tensor(self.forward_func, baselines, target, args)  # v(empty)
             if initial.dim() == 0:
                 initial = initial.reshape(1)
@@ -170,10 +211,10 @@ class ShapleyValueSampling(PerturbationAttribution):
         (``one_scalar_each``: one input with the default mask, feature f is its scalar f)."""
 
         def build(sl: slice):
-            z = presence(sl)  # (n, F) bool
+            z = presence(sl)  # (n, F): bool, or select's bit mask
             n = z.shape[0]
             out = []
-            for x, b, m in zip(inputs, baselines, masks):
+            for x, b, m in zip(inputs, baselines, masks or (None,) * len(inputs)):
                 if one_scalar_each:
                     keep = z.reshape((n, 1) + tuple(x.shape[1:]))
                 else:
@@ -216,10 +257,7 @@ class ShapleyValueSampling(PerturbationAttribution):
         v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype),
                        v.to(final.dtype).reshape((n_samples, n_feat - 1) + shape),
                        final.expand((n_samples, 1) + shape)], 1)
-        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
-        phi = torch.zeros((n_feat,) + shape, dtype=marg.dtype, device=marg.device)
-        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + shape))
-        return phi / n_samples
+        return _average_contributions(perms, v)
 
     def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval,
                                 one_scalar_each=False):
@@ -229,17 +267,13 @@ class ShapleyValueSampling(PerturbationAttribution):
         n_inner = n_samples * (n_feat - 1)
         if not fits_one_forward(per_eval, n_inner + 2, inputs):
             return None
-        z = torch.cat([_empty_and_full(n_feat, perms.device), self._walk_presence(perms)(slice(0, n_inner))])
-        build = self._coalition_builder(inputs, baselines, masks, lambda sl: z, one_scalar_each)
+        keep = _walk_keep(perms, bit_mask_dtype(inputs[0]) if len(inputs) == 1 else torch.bool)
+        build = self._coalition_builder(inputs, baselines, masks, lambda sl: keep, one_scalar_each)
         outs = forward_units(self.forward_func, build(slice(0, n_inner + 2)), n_inner + 2, inputs[0].shape[0],
                              target, args)
         if outs is None:
             return None
-        v = outs[_walk_rows(n_samples, n_feat, perms.device)]  # (S, F + 1, *out): each walk, ends included
-        marg = v[:, 1:] - v[:, :-1]  # (S, F, *out): contribution of feature perms[s, k]
-        phi = torch.zeros((n_feat,) + tuple(outs.shape[1:]), dtype=marg.dtype, device=marg.device)
-        phi.index_add_(0, perms.reshape(-1), marg.reshape((-1,) + tuple(outs.shape[1:])))
-        return phi / n_samples
+        return _average_contributions(perms, outs[_walk_rows(n_samples, n_feat, perms.device)])
 
     def _sampled(self, inputs, baselines, masks, perms, initial, target, args, per_eval):
         n_samples, n_feat = perms.shape

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .inputs import float64_array, solve_in_numpy
+from .spd import solve_spd
 
 
 @lru_cache(maxsize=64)
@@ -89,15 +90,20 @@ class _Strata(NamedTuple):
     capacity: List[int]
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 @lru_cache(maxsize=64)
-def _fixed_rows(m: int, n_samples: int) -> Tuple[Tensor, int, _Strata]:
-    """The seed-independent parts of every design (cached; ``kernel_design`` copies them): the
-    full and the empty coalition above the enumerated ones, the number to sample, the strata."""
+def _fixed_rows(m: int, n_samples: int) -> Tuple[np.ndarray, int, _Strata]:
+    """The seed-independent parts of every design (cached, read-only): the full and the empty
+    coalition above the enumerated ones, the number to sample, the strata."""
     enumerated, n_sampled, strata, capacity = _plan(m, n_samples)
-    ends = torch.stack([torch.ones(m, dtype=torch.bool), torch.zeros(m, dtype=torch.bool)])
+    ends = np.stack([np.ones(m, dtype=bool), np.zeros(m, dtype=bool)])
     whole, share = _even_allocation((n_sampled + 1) // 2, strata, m, capacity)
     sampled = _Strata(strata.tolist(), whole.tolist(), [0.0] + share.cumsum(0).tolist(), capacity)
-    return torch.cat([ends, enumerated]), n_sampled, sampled
+    return _read_only(np.concatenate([ends, enumerated.numpy()])), n_sampled, sampled
 
 
 def _even_allocation(n_pairs: int, strata: Tensor, m: int, pairs: List[int]) -> Tuple[Tensor, Tensor]:
@@ -122,15 +128,15 @@ def _even_allocation(n_pairs: int, strata: Tensor, m: int, pairs: List[int]) -> 
 
 
 @lru_cache(maxsize=16)
-def _positions(m: int) -> Tensor:
-    """``arange(m)`` as a row (cached: compared with the drawn sizes of every design)."""
-    return torch.arange(m)[None, :]
+def _bit_values(m: int) -> np.ndarray:
+    """``2^i`` per feature (cached, read-only): a coalition of up to 62 features as one integer."""
+    return _read_only(2 ** np.arange(m, dtype=np.int64))
 
 
-@lru_cache(maxsize=16)
-def _bit_values(m: int) -> Tensor:
-    """``2^i`` per feature (cached): a coalition of up to 62 features as one integer key."""
-    return 2 ** torch.arange(m, dtype=torch.long)
+@lru_cache(maxsize=64)
+def _size_mass_array(m: int) -> np.ndarray:
+    """``size_mass`` as a NumPy array (cached, read-only)."""
+    return _read_only(size_mass(m).numpy().copy())
 
 
 def kernel_weights(z: Tensor) -> Tensor:
@@ -142,6 +148,13 @@ def kernel_weights(z: Tensor) -> Tensor:
     return (size_mass(m).to(z.device) / counts)[k]
 
 
+def _kernel_weights_array(z: np.ndarray) -> np.ndarray:
+    """``kernel_weights`` of a NumPy design (the same numbers)."""
+    m = z.shape[-1]
+    k = z.sum(-1)
+    return (_size_mass_array(m) / np.maximum(np.bincount(k, minlength=m + 1), 1))[k]
+
+
 def _stratum_counts(strata: _Strata, generator: Optional[torch.Generator]) -> List[int]:
     """Pairs per stratum: the whole ones', and the others' expected shares rounded systematically
     with one uniform offset (each gets the floor or the ceiling of its share, the total exact)."""
@@ -151,16 +164,23 @@ def _stratum_counts(strata: _Strata, generator: Optional[torch.Generator]) -> Li
 
 
 @lru_cache(maxsize=32)
-def _stratum_pairs(m: int, s: int) -> Tensor:
+def _stratum_pairs(m: int, s: int) -> np.ndarray:
     """One coalition of each complementary pair of sizes ``(s, m - s)``: every subset of size
-    ``s``, or for ``s = m / 2`` those without feature 0 (cached; only for small strata)."""
+    ``s``, or for ``s = m / 2`` those without feature 0 (cached, read-only; only small strata)."""
     middle = 2 * s == m
     subsets = torch.combinations(torch.arange(int(middle), m), s) if s > 1 else torch.arange(
         int(middle), m).reshape(-1, 1)
-    return torch.zeros(subsets.shape[0], m, dtype=torch.bool).scatter_(1, subsets, True)
+    return _read_only(torch.zeros(subsets.shape[0], m, dtype=torch.bool).scatter_(1, subsets, True).numpy())
 
 
-def _distinct_pairs(strata: _Strata, counts: List[int], m: int, generator: Optional[torch.Generator]) -> Tensor:
+def _uniform_subsets(sizes: np.ndarray, m: int, generator: Optional[torch.Generator]) -> np.ndarray:
+    """One uniform subset of ``sizes[i]`` features per row: the features of the ``sizes[i]``
+    smallest of ``m`` uniforms (torch's stream, so that ``torch.manual_seed`` reproduces it)."""
+    rank = torch.rand(sizes.shape[0], m, generator=generator).numpy().argsort(1, kind="stable").argsort(1, kind="stable")
+    return rank < sizes[:, None]
+
+
+def _distinct_pairs(strata: _Strata, counts: List[int], m: int, generator: Optional[torch.Generator]) -> np.ndarray:
     """``counts[i]`` distinct uniform coalitions of size ``strata.sizes[i]``, no pair ``{z, ~z}``
     twice: sampling without replacement within each size. A stratum asked for more than an eighth
     of its pairs is a random choice among all of them; the others are drawn at once and the rare
@@ -168,39 +188,52 @@ def _distinct_pairs(strata: _Strata, counts: List[int], m: int, generator: Optio
     parts, sparse = [], []
     for s, c, c_all in zip(strata.sizes, counts, strata.capacity):
         if c * 8 > c_all:
-            parts.append(_stratum_pairs(m, s)[torch.randperm(c_all, generator=generator)[:c]])
+            parts.append(_stratum_pairs(m, s)[torch.randperm(c_all, generator=generator)[:c].numpy()])
         elif c:
             sparse.append((s, c))
     if sparse:
-        sizes = [s for s, c in sparse for _ in range(c)]
-        size = torch.tensor(sizes)[:, None]
-        order = torch.rand(len(sizes), m, generator=generator).argsort(-1)
-        z = torch.zeros(len(sizes), m, dtype=torch.bool).scatter_(1, order, _positions(m) < size)
-        parts.append(_redraw_repeats(z, sizes, size, generator) if len(sizes) > len(sparse) else z)
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+        sizes = np.repeat(*np.array(sparse).T)
+        z = _uniform_subsets(sizes, m, generator)
+        parts.append(_redraw_repeats(z, sizes, generator) if sizes.shape[0] > len(sparse) else z)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def _redraw_repeats(z: Tensor, sizes: List[int], size: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+def _pair_keys(z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The complementary pair ``{z, ~z}`` of each row as one key (equal keys, equal pairs), and
+    whether the row is the pair's member with feature 0 (the other is the key's)."""
+    flip = z[:, 0].copy() if z.shape[1] else np.zeros(z.shape[0], dtype=bool)
+    canon = z ^ flip[:, None]
+    if z.shape[1] <= 62:
+        return canon @ _bit_values(z.shape[1]), flip
+    return np.unique(canon, axis=0, return_inverse=True)[1].reshape(-1), flip
+
+
+def _redraw_repeats(z: np.ndarray, sizes: np.ndarray, generator: Optional[torch.Generator]) -> np.ndarray:
     """Redraw (in place) the coalitions of ``z`` whose pair ``{z, ~z}`` came earlier too."""
-    n, m = z.shape
-    middle = [2 * s == m for s in sizes]  # z and ~z have the same size: one pair, one key
     while True:
-        if m <= 62:  # the pair's key: the member without feature 0, as an integer
-            keys = (z.long() @ _bit_values(m)).tolist()
-            seen: set = set()
-            redraw = [i for i, k in enumerate(keys)
-                      if (2 ** m - 1 - k if middle[i] and k & 1 else k) in seen
-                      or seen.add(2 ** m - 1 - k if middle[i] and k & 1 else k)]
-        else:
-            canon = z ^ (torch.tensor(middle)[:, None] & z[:, :1])
-            _, inverse = torch.unique(canon, dim=0, return_inverse=True)
-            first = torch.full((n,), n, dtype=torch.long).scatter_reduce_(0, inverse, torch.arange(n), "amin")
-            redraw = (first[inverse] != torch.arange(n)).nonzero().reshape(-1).tolist()
-        if not redraw:
+        keys = _pair_keys(z)[0]
+        if z.shape[1] <= 62 and len(set(keys.tolist())) == z.shape[0]:  # the usual case, at once
             return z
-        order = torch.rand(len(redraw), m, generator=generator).argsort(-1)
-        z[redraw] = torch.zeros(len(redraw), m, dtype=torch.bool).scatter_(
-            1, order, _positions(m) < size[redraw])
+        first = np.unique(keys, return_index=True)[1]
+        if first.shape[0] == z.shape[0]:
+            return z
+        redraw = np.ones(z.shape[0], dtype=bool)
+        redraw[first] = False
+        redraw = np.flatnonzero(redraw)
+        z[redraw] = _uniform_subsets(sizes[redraw], z.shape[1], generator)
+
+
+def _coalitions(m: int, n_samples: int, generator: Optional[torch.Generator]) -> np.ndarray:
+    """``kernel_coalitions`` as a NumPy array (possibly a cached read-only one)."""
+    fixed, n_sampled, strata = _fixed_rows(m, int(n_samples))
+    if not n_sampled:
+        return fixed
+    drawn = _distinct_pairs(strata, _stratum_counts(strata, generator), m, generator)
+    z = np.empty((fixed.shape[0] + 2 * drawn.shape[0], m), dtype=bool)
+    z[:fixed.shape[0]] = fixed
+    z[fixed.shape[0]::2] = drawn
+    z[fixed.shape[0] + 1::2] = ~drawn
+    return z[:fixed.shape[0] + n_sampled]
 
 
 def kernel_coalitions(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -209,14 +242,11 @@ def kernel_coalitions(m: int, n_samples: int, device=None, generator: Optional[t
     Row 0 is the full coalition and row 1 the empty one (weight 0: the fit enforces them
     exactly); then the enumerated sizes; then the sampled coalitions in complementary pairs (with
     an odd budget the last one is unpaired), stratified by size. ``S = max(n_samples, 2)`` up to
-    the ``2^m`` coalitions there are.
+    the ``2^m`` coalitions there are. Drawn in NumPy (tiny arrays: torch's per-operation cost
+    would be the time) from torch's random stream.
     """
-    fixed, n_sampled, strata = _fixed_rows(m, int(n_samples))
-    z = fixed
-    if n_sampled:
-        drawn = _distinct_pairs(strata, _stratum_counts(strata, generator), m, generator)
-        z = torch.cat([fixed, torch.stack([drawn, ~drawn], 1).reshape(-1, m)[:n_sampled]])
-    return z.to(device)
+    z = _coalitions(m, n_samples, generator)
+    return torch.from_numpy(z if z.flags.writeable else z.copy()).to(device)
 
 
 def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None
@@ -247,25 +277,28 @@ def design_rank_bound(m: int, n_samples: int) -> int:
     return enumerated.shape[0] // 2 + (n_sampled + 1) // 2
 
 
-def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] = None) -> Tensor:
+def constrained_fit(z: Tensor, w: Optional[Tensor], y: Tensor, rank_bound: Optional[int] = None) -> Tensor:
     """Shapley-kernel weighted least squares with ``phi_0 = v(empty)`` and efficiency imposed.
 
     ``z`` (S, M) coalitions with the full one at row 0 and the empty one at row 1, ``w`` (S,)
-    weights, ``y`` (G, S) values per example. Returns ``phi`` (G, M) with
-    ``phi.sum(-1) == y[:, 0] - y[:, 1]`` exactly. Writing ``phi = delta / M + u`` with
-    ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
-    ``z - |z| / M``. Up to 256 features ``u = Q v`` in an orthonormal basis ``Q`` of that subspace
-    (then the design is just ``z Q``): small designs in NumPy (``_fit_in_basis``,
-    ``solve_in_numpy``), larger ones by Cholesky in torch; a rank-deficient or ill-conditioned
-    design (a budget below ``M``), or more features, goes through the pseudo-inverse of the
-    centred design (minimum-norm). Either way one factorisation serves all examples.
-    ``rank_bound`` (``design_rank_bound``) skips a Cholesky bound to fail.
+    weights (None: ``kernel_weights(z)``), ``y`` (G, S) values per example. Returns ``phi``
+    (G, M) with ``phi.sum(-1) == y[:, 0] - y[:, 1]`` exactly. Writing ``phi = delta / M + u``
+    with ``sum(u) = 0`` turns the constraint into a free fit of ``u`` on the row-centred design
+    ``z - |z| / M``. Up to 256 features small designs are fitted in NumPy (``_fit_arrays``,
+    ``solve_in_numpy``); larger ones by Cholesky in an orthonormal basis ``Q`` of the sum-zero
+    subspace in torch, and a rank-deficient or ill-conditioned design (a budget below ``M``), or
+    more features, through the pseudo-inverse of the centred design (minimum-norm). Either way
+    one factorisation serves all examples. ``rank_bound`` (``design_rank_bound``) skips a
+    Cholesky bound to fail in torch (the NumPy fit counts the design's directions itself).
     """
     m = z.shape[-1]
-    full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
     if 2 <= m <= 256 and solve_in_numpy(z.shape[0], m, y.device):
-        phi = _fit_in_basis(*(float64_array(t) for t in (z, w, y)), full_rank_possible)
+        zb = z.detach().cpu().numpy()
+        phi = _fit_arrays(zb if zb.dtype == np.bool_ else zb > 0.5,
+                          None if w is None else float64_array(w), float64_array(y))
         return torch.from_numpy(phi).to(y.device)
+    w = kernel_weights(z.bool()) if w is None else w
+    full_rank_possible = z.shape[0] - 2 >= m - 1 and (rank_bound is None or rank_bound >= m - 1)
     z = z.to(torch.float64)
     y = y.to(torch.float64)
     w = w.to(torch.float64)
@@ -274,7 +307,7 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     if m < 2:
         return delta.expand(y.shape[0], m).clone()
     resid = y - v0 - delta * (k / m)  # (G, S)
-    if m <= 256 and full_rank_possible:  # as _fit_in_basis, in torch
+    if m <= 256 and full_rank_possible:  # as _fit_arrays, in torch
         q = _sum_zero_basis(m).to(z.device)
         a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
         aw = a * w[:, None]
@@ -292,37 +325,106 @@ def constrained_fit(z: Tensor, w: Tensor, y: Tensor, rank_bound: Optional[int] =
     return delta / m + u.transpose(0, 1)
 
 
+def kernel_fit(z: Tensor, y: Tensor) -> Tensor:
+    """``constrained_fit`` of a ``kernel_coalitions`` design ``z`` with its kernel weights: small
+    ones in NumPy with the pairs of the design's fixed layout (``_layout_fold``, cached)."""
+    s, m = z.shape
+    if 2 <= m <= 256 and solve_in_numpy(s, m, y.device):
+        fold = _layout_fold(m, s)  # the layout of n_samples = s coalitions is this design's
+        phi = _fit_arrays(z.cpu().numpy(), None, float64_array(y), fold)
+        return torch.from_numpy(phi).to(y.device)
+    return constrained_fit(z, None, y, rank_bound=design_rank_bound(m, s))
+
+
 @lru_cache(maxsize=16)
 def _sum_zero_basis_array(m: int) -> np.ndarray:
     """``_sum_zero_basis`` as a NumPy array (cached: read-only, never handed out)."""
-    q = _sum_zero_basis(m).numpy().copy()
-    q.flags.writeable = False
-    return q
+    return _read_only(_sum_zero_basis(m).numpy().copy())
 
 
-def _fit_in_basis(z: np.ndarray, w: np.ndarray, y: np.ndarray, try_cholesky: bool) -> np.ndarray:
-    """``constrained_fit`` for 2 to 256 features, in float64 NumPy: the normal equations of the
-    design in the sum-zero basis, ``(M - 1)``-square, solved directly where their Cholesky
-    factor shows them well-conditioned; a rank-deficient or
-    ill-conditioned one (a budget below ``M``) gets the minimum-norm solution from their
-    eigendecomposition, leaving out directions below 1e-12 of the largest eigenvalue (1e-6 of
-    the design's largest singular value). NumPy because at these sizes the per-operation cost of
-    torch, not the arithmetic, is the time (a few microseconds against one).
+class _Fold(NamedTuple):
+    """Rows of a design as complementary pairs: the representative row of each pair (D,), and
+    ``sign`` (S, D), +1 where a row is its pair's representative (or a repeat of it), -1 where it
+    is the complement, 0 elsewhere. Centred, a coalition and its complement are opposite rows."""
+    rep: np.ndarray
+    sign: np.ndarray
+
+
+def _fold_of(z: np.ndarray) -> _Fold:
+    """The pairs of any design ``z`` (S, M) bool, found by their keys; the full/empty pair (a
+    zero row once centred) is left out."""
+    keys, flip = _pair_keys(z)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sign = np.zeros((z.shape[0], first.shape[0]))
+    sign[np.arange(z.shape[0]), inverse] = np.where(flip == flip[first][inverse], 1.0, -1.0)
+    proper = z[first].any(1) & ~z[first].all(1)
+    return _Fold(_read_only(first[proper]), _read_only(sign[:, proper]))
+
+
+@lru_cache(maxsize=64)
+def _layout_fold(m: int, n_samples: int) -> _Fold:
+    """The pairs of every ``kernel_coalitions(m, n_samples)`` design (cached): the layout is fixed
+    (the enumerated rows, then each drawn coalition followed by its complement), so they are
+    found once, on the fixed rows."""
+    fixed, n_sampled, _ = _fixed_rows(m, n_samples)
+    head = _fold_of(fixed)
+    pairs = (n_sampled + 1) // 2
+    sign = np.zeros((fixed.shape[0] + n_sampled, head.rep.shape[0] + pairs))
+    sign[:fixed.shape[0], :head.rep.shape[0]] = head.sign
+    j = np.arange(n_sampled)
+    sign[fixed.shape[0] + j, head.rep.shape[0] + j // 2] = np.where(j % 2 == 0, 1.0, -1.0)
+    rep = np.concatenate([head.rep, fixed.shape[0] + 2 * np.arange(pairs)])
+    return _Fold(_read_only(rep), _read_only(sign))
+
+
+def _directions(z: np.ndarray, w: np.ndarray, resid: np.ndarray, fold: _Fold
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The design folded to one row per complementary pair ``{z, ~z}``: centred, ``z`` and ``~z``
+    are opposite rows ``a`` and ``-a``, so their weighted squares ``w1 (r1 - a u)^2 + w2 (r2 +
+    a u)^2`` are ``(w1 + w2) (R - a u)^2`` plus a constant, with ``R = (w1 r1 - w2 r2) / (w1 +
+    w2)`` (repeated rows fold the same way). Returns the centred rows (D, M), their weights (D,)
+    and targets (G, D), weightless pairs left out."""
+    m = z.shape[1]
+    weight = w @ np.abs(fold.sign)
+    target = (resid * w) @ fold.sign
+    rows = z[fold.rep].astype(np.float64)
+    keep = weight > 0
+    if not keep.all():
+        rows, weight, target = rows[keep], weight[keep], target[:, keep]
+    rows -= rows.sum(1, keepdims=True) / m
+    return rows, weight, target / weight
+
+
+def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Optional[_Fold] = None) -> np.ndarray:
+    """``constrained_fit`` for 2 to 256 features in float64 NumPy, ``z`` bool, on the folded
+    design (``_directions``: D rows; ``fold``: its pairs where known, else found). With ``D >= M - 1`` rows the normal equations in the
+    sum-zero basis, ``(M - 1)``-square; with fewer (a budget below ``M``) the folded rows can be
+    fitted exactly, and the minimum-norm exact fit lies in their span: ``u = A^T (A A^T)^-1 R``,
+    ``D``-square and independent of the weights. Either is solved where its Cholesky factor shows
+    it well-conditioned (``solve_spd``); otherwise the minimum-norm solution from the
+    eigendecomposition of the normal equations, leaving out directions below 1e-12 of the largest
+    eigenvalue (1e-6 of the design's largest singular value). NumPy because at these sizes the
+    per-operation cost of torch, not the arithmetic, is the time.
     """
     m = z.shape[1]
+    if w is None:
+        w = _kernel_weights_array(z)
     v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
     resid = y - v0 - delta * (z.sum(1) / m)  # (G, S)
+    rows, weight, target = _directions(z, w, resid, _fold_of(z) if fold is None else fold)
+    if rows.shape[0] < m - 1:
+        coef = solve_spd(rows @ rows.T, target.T)
+        if coef is not None:
+            return delta / m + (rows.T @ coef).T
     q = _sum_zero_basis_array(m)
-    a = z @ q  # (S, M-1): the centred design in the basis (q's columns sum to zero)
-    aw = a * w[:, None]
-    gram, rhs = a.T @ aw, aw.T @ resid.T  # (M-1, M-1), (M-1, G)
-    if try_cholesky:
-        try:
-            chol = np.linalg.cholesky(gram)
-        except np.linalg.LinAlgError:
-            chol = None
-        if chol is not None and np.diagonal(chol).min() > 1e-6 * np.diagonal(chol).max():
-            return delta / m + (q @ np.linalg.solve(gram, rhs)).T
+    a = rows @ q  # (D, M-1): the centred rows in the basis (q's columns sum to zero)
+    aw = a * weight[:, None]
+    gram, rhs = a.T @ aw, aw.T @ target.T  # (M-1, M-1), (M-1, G)
+    if rows.shape[0] >= m - 1:
+        v = solve_spd(gram, rhs)
+        if v is not None:
+            return delta / m + (q @ v).T
     lam, vec = np.linalg.eigh(gram)
     inv = np.zeros_like(lam)
     keep = lam > 1e-12 * lam[-1]

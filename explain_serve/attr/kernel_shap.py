@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._core.progress import shows_progress
-from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_coalitions, kernel_weights, size_mass
+from .._core.shapley_kernel import kernel_coalitions, kernel_fit, size_mass
 from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
@@ -118,8 +118,7 @@ class KernelShap(Lime):
     def _fit_design(self, z: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
         if not self._default_estimator():
             return super()._fit_design(z, y, weights)
-        bound = design_rank_bound(z.shape[1], z.shape[0])  # one design for every example
-        phi = constrained_fit(z, kernel_weights(z), y, rank_bound=bound)
+        phi = kernel_fit(z, y)  # one design for every example
         model = self.interpretable_model
         model.coef_, model.intercept_ = phi, y[:, 1]
         return phi

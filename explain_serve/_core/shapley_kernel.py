@@ -155,12 +155,24 @@ def _kernel_weights_array(z: np.ndarray) -> np.ndarray:
     return (_size_mass_array(m) / np.maximum(np.bincount(k, minlength=m + 1), 1))[k]
 
 
-def _stratum_counts(strata: _Strata, generator: Optional[torch.Generator]) -> List[int]:
+def _stratum_counts(strata: _Strata, generator: Optional[torch.Generator]) -> Tuple[int, ...]:
     """Pairs per stratum: the whole ones', and the others' expected shares rounded systematically
     with one uniform offset (each gets the floor or the ceiling of its share, the total exact)."""
     u = float(torch.rand((), generator=generator, dtype=torch.float64))
     ends = [math.floor(e + u) for e in strata.ends]
-    return [min(w + hi - lo, c) for w, lo, hi, c in zip(strata.whole, ends, ends[1:], strata.capacity)]
+    return tuple(min(w + hi - lo, c) for w, lo, hi, c in zip(strata.whole, ends, ends[1:], strata.capacity))
+
+
+@lru_cache(maxsize=256)
+def _sampling_plan(m: int, n_samples: int, counts: Tuple[int, ...]) -> Tuple[List[Tuple[int, int, int]], np.ndarray]:
+    """How ``_distinct_pairs`` draws given pairs per stratum (cached: a design has a few count
+    patterns): the strata asked for more than an eighth of their pairs, drawn as a random choice
+    among all of them (size, count, pairs), and the sizes of the other draws, one per coalition."""
+    strata = _fixed_rows(m, n_samples)[2]
+    dense = [(s, c, c_all) for s, c, c_all in zip(strata.sizes, counts, strata.capacity) if c * 8 > c_all]
+    sparse = [(s, c) for s, c, c_all in zip(strata.sizes, counts, strata.capacity) if 0 < c * 8 <= c_all]
+    sizes = np.array([s for s, c in sparse for _ in range(c)], dtype=np.int64)
+    return dense, _read_only(sizes)
 
 
 @lru_cache(maxsize=32)
@@ -180,21 +192,16 @@ def _uniform_subsets(sizes: np.ndarray, m: int, generator: Optional[torch.Genera
     return rank < sizes[:, None]
 
 
-def _distinct_pairs(strata: _Strata, counts: List[int], m: int, generator: Optional[torch.Generator]) -> np.ndarray:
-    """``counts[i]`` distinct uniform coalitions of size ``strata.sizes[i]``, no pair ``{z, ~z}``
+def _distinct_pairs(m: int, n_samples: int, counts: Tuple[int, ...], generator: Optional[torch.Generator]) -> np.ndarray:
+    """``counts[i]`` distinct uniform coalitions of the size of stratum ``i``, no pair ``{z, ~z}``
     twice: sampling without replacement within each size. A stratum asked for more than an eighth
     of its pairs is a random choice among all of them; the others are drawn at once and the rare
     repeats redrawn."""
-    parts, sparse = [], []
-    for s, c, c_all in zip(strata.sizes, counts, strata.capacity):
-        if c * 8 > c_all:
-            parts.append(_stratum_pairs(m, s)[torch.randperm(c_all, generator=generator)[:c].numpy()])
-        elif c:
-            sparse.append((s, c))
-    if sparse:
-        sizes = np.repeat(*np.array(sparse).T)
+    dense, sizes = _sampling_plan(m, n_samples, counts)
+    parts = [_stratum_pairs(m, s)[torch.randperm(c_all, generator=generator)[:c].numpy()] for s, c, c_all in dense]
+    if sizes.shape[0]:
         z = _uniform_subsets(sizes, m, generator)
-        parts.append(_redraw_repeats(z, sizes, generator) if sizes.shape[0] > len(sparse) else z)
+        parts.append(_redraw_repeats(z, sizes, generator) if sizes.shape[0] > 1 else z)
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
@@ -223,12 +230,12 @@ def _redraw_repeats(z: np.ndarray, sizes: np.ndarray, generator: Optional[torch.
         z[redraw] = _uniform_subsets(sizes[redraw], z.shape[1], generator)
 
 
-def _coalitions(m: int, n_samples: int, generator: Optional[torch.Generator]) -> np.ndarray:
-    """``kernel_coalitions`` as a NumPy array (possibly a cached read-only one)."""
+def kernel_coalitions_array(m: int, n_samples: int, generator: Optional[torch.Generator] = None) -> np.ndarray:
+    """``kernel_coalitions`` as a NumPy array (the same draw)."""
     fixed, n_sampled, strata = _fixed_rows(m, int(n_samples))
     if not n_sampled:
-        return fixed
-    drawn = _distinct_pairs(strata, _stratum_counts(strata, generator), m, generator)
+        return fixed.copy()
+    drawn = _distinct_pairs(m, int(n_samples), _stratum_counts(strata, generator), generator)
     z = np.empty((fixed.shape[0] + 2 * drawn.shape[0], m), dtype=bool)
     z[:fixed.shape[0]] = fixed
     z[fixed.shape[0]::2] = drawn
@@ -245,8 +252,7 @@ def kernel_coalitions(m: int, n_samples: int, device=None, generator: Optional[t
     the ``2^m`` coalitions there are. Drawn in NumPy (tiny arrays: torch's per-operation cost
     would be the time) from torch's random stream.
     """
-    z = _coalitions(m, n_samples, generator)
-    return torch.from_numpy(z if z.flags.writeable else z.copy()).to(device)
+    return torch.from_numpy(kernel_coalitions_array(m, n_samples, generator)).to(device)
 
 
 def kernel_design(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None
@@ -345,9 +351,15 @@ def _sum_zero_basis_array(m: int) -> np.ndarray:
 class _Fold(NamedTuple):
     """Rows of a design as complementary pairs: the representative row of each pair (D,), and
     ``sign`` (S, D), +1 where a row is its pair's representative (or a repeat of it), -1 where it
-    is the complement, 0 elsewhere. Centred, a coalition and its complement are opposite rows."""
+    is the complement, 0 elsewhere (``size``: its absolute value). Centred, a coalition and its
+    complement are opposite rows."""
     rep: np.ndarray
     sign: np.ndarray
+    size: np.ndarray
+
+
+def _as_fold(rep: np.ndarray, sign: np.ndarray) -> _Fold:
+    return _Fold(_read_only(rep), _read_only(sign), _read_only(np.abs(sign)))
 
 
 def _fold_of(z: np.ndarray) -> _Fold:
@@ -359,7 +371,7 @@ def _fold_of(z: np.ndarray) -> _Fold:
     sign = np.zeros((z.shape[0], first.shape[0]))
     sign[np.arange(z.shape[0]), inverse] = np.where(flip == flip[first][inverse], 1.0, -1.0)
     proper = z[first].any(1) & ~z[first].all(1)
-    return _Fold(_read_only(first[proper]), _read_only(sign[:, proper]))
+    return _as_fold(first[proper], sign[:, proper])
 
 
 @lru_cache(maxsize=64)
@@ -374,45 +386,37 @@ def _layout_fold(m: int, n_samples: int) -> _Fold:
     sign[:fixed.shape[0], :head.rep.shape[0]] = head.sign
     j = np.arange(n_sampled)
     sign[fixed.shape[0] + j, head.rep.shape[0] + j // 2] = np.where(j % 2 == 0, 1.0, -1.0)
-    rep = np.concatenate([head.rep, fixed.shape[0] + 2 * np.arange(pairs)])
-    return _Fold(_read_only(rep), _read_only(sign))
-
-
-def _directions(z: np.ndarray, w: np.ndarray, resid: np.ndarray, fold: _Fold
-                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The design folded to one row per complementary pair ``{z, ~z}``: centred, ``z`` and ``~z``
-    are opposite rows ``a`` and ``-a``, so their weighted squares ``w1 (r1 - a u)^2 + w2 (r2 +
-    a u)^2`` are ``(w1 + w2) (R - a u)^2`` plus a constant, with ``R = (w1 r1 - w2 r2) / (w1 +
-    w2)`` (repeated rows fold the same way). Returns the centred rows (D, M), their weights (D,)
-    and targets (G, D), weightless pairs left out."""
-    m = z.shape[1]
-    weight = w @ np.abs(fold.sign)
-    target = (resid * w) @ fold.sign
-    rows = z[fold.rep].astype(np.float64)
-    keep = weight > 0
-    if not keep.all():
-        rows, weight, target = rows[keep], weight[keep], target[:, keep]
-    rows -= rows.sum(1, keepdims=True) / m
-    return rows, weight, target / weight
+    return _as_fold(np.concatenate([head.rep, fixed.shape[0] + 2 * np.arange(pairs)]), sign)
 
 
 def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Optional[_Fold] = None) -> np.ndarray:
-    """``constrained_fit`` for 2 to 256 features in float64 NumPy, ``z`` bool, on the folded
-    design (``_directions``: D rows; ``fold``: its pairs where known, else found). With ``D >= M - 1`` rows the normal equations in the
-    sum-zero basis, ``(M - 1)``-square; with fewer (a budget below ``M``) the folded rows can be
-    fitted exactly, and the minimum-norm exact fit lies in their span: ``u = A^T (A A^T)^-1 R``,
-    ``D``-square and independent of the weights. Either is solved where its Cholesky factor shows
-    it well-conditioned (``solve_spd``); otherwise the minimum-norm solution from the
-    eigendecomposition of the normal equations, leaving out directions below 1e-12 of the largest
-    eigenvalue (1e-6 of the design's largest singular value). NumPy because at these sizes the
-    per-operation cost of torch, not the arithmetic, is the time.
+    """``constrained_fit`` for 2 to 256 features in float64 NumPy, ``z`` bool, ``w`` None for the
+    kernel weights. The design is folded to one row per complementary pair ``{z, ~z}`` (``fold``:
+    its pairs where known, else found): centred, ``z`` and ``~z`` are opposite rows ``a`` and
+    ``-a``, so their weighted squares ``w1 (r1 - a u)^2 + w2 (r2 + a u)^2`` are ``(w1 + w2) (R -
+    a u)^2`` plus a constant, with ``R = (w1 r1 - w2 r2) / (w1 + w2)`` (repeats fold alike).
+    With ``D >= M - 1`` folded rows the normal equations in the sum-zero basis, ``(M - 1)``-square;
+    with fewer (a budget below ``M``) the folded rows can be fitted exactly, and the minimum-norm
+    exact fit lies in their span: ``u = A^T (A A^T)^-1 R``, ``D``-square and independent of the
+    weights. Either is solved where its Cholesky factor shows it well-conditioned
+    (``solve_spd``); otherwise the minimum-norm solution from the eigendecomposition of the
+    normal equations, leaving out directions below 1e-12 of the largest eigenvalue (1e-6 of the
+    design's largest singular value). NumPy because at these sizes the per-operation cost of
+    torch, not the arithmetic, is the time.
     """
     m = z.shape[1]
+    k = z.sum(1)
     if w is None:
-        w = _kernel_weights_array(z)
-    v0, delta = y[:, 1:2], y[:, 0:1] - y[:, 1:2]
-    resid = y - v0 - delta * (z.sum(1) / m)  # (G, S)
-    rows, weight, target = _directions(z, w, resid, _fold_of(z) if fold is None else fold)
+        w = (_size_mass_array(m) / np.maximum(np.bincount(k, minlength=m + 1), 1))[k]
+    fold = _fold_of(z) if fold is None else fold
+    delta = y[:, 0:1] - y[:, 1:2]
+    resid = y - (y[:, 1:2] + delta * (k / m))  # (G, S)
+    weight = w @ fold.size
+    target = ((resid * w) @ fold.sign) / weight  # (G, D)
+    rows = z[fold.rep] - (k[fold.rep] / m)[:, None]  # (D, M): the centred representatives
+    if not (weight > 0).all():  # weightless pairs do not count
+        keep = weight > 0
+        rows, weight, target = rows[keep], weight[keep], target[:, keep]
     if rows.shape[0] < m - 1:
         coef = solve_spd(rows @ rows.T, target.T)
         if coef is not None:

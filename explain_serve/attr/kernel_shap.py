@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._core.progress import shows_progress
-from .._core.shapley_kernel import kernel_coalitions, kernel_fit, size_mass
+from .._core.shapley_kernel import kernel_coalitions, kernel_coalitions_array, kernel_fit, size_mass
 from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
@@ -105,6 +105,14 @@ class KernelShap(Lime):
             return z.expand(groups, z.shape[0], m)
 
         return sample
+
+    def _design(self, n_samples: int, n_feat: int):
+        if self.perturb_func != self.kernel_shap_perturb_generator:
+            return super()._design(n_samples, n_feat)
+        return kernel_coalitions_array(n_feat, n_samples)
+
+    def _design_starts_full(self) -> bool:
+        return self.perturb_func == self.kernel_shap_perturb_generator  # row 0: the full coalition
 
     def _batched_similarity(self):
         if self.similarity_func != self.kernel_shap_similarity_kernel:

@@ -45,7 +45,7 @@ from .._core.perturbation import (
     forward_tensor,
     forward_units,
     select,
-    spread_per_scalar,
+    select_copies,
     values_to_inputs,
 )
 
@@ -431,9 +431,15 @@ class Lime(LimeBase):
                       and self.from_interp_rep_transform is default_from_interp_rep_transform)
         coefs = test = None
         if vectorized:
-            z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
-            test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
-                                                          perturbations_per_eval, sim, one_scalar_each)
+            design = self._design(n_samples, n_feat) if one_scalar_each and inputs[0].device.type == "cpu" else None
+            if design is not None:  # the lean path: the sampler's draw, built and fitted without masks
+                test, coefs = self._lean_in_one_forward(inputs[0], baselines[0], design, target, args,
+                                                        perturbations_per_eval, sim)
+                z = torch.from_numpy(design)
+            else:
+                z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
+                test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
+                                                              perturbations_per_eval, sim, one_scalar_each)
         if coefs is None:
             test = forward_tensor(self.forward_func, inputs, target, args)
             groups, per_eval = self._groups(test, bsz, perturbations_per_eval)
@@ -451,9 +457,8 @@ class Lime(LimeBase):
         coefs = coefs.to(test.dtype if test.is_floating_point() else torch.get_default_dtype())
         if not return_input_shape:
             return coefs
-        if one_scalar_each:
-            out = coefs.reshape(1, n_feat) if groups == 1 else coefs
-            return format_output(was_tuple, (spread_per_scalar(out.transpose(0, 1), inputs[0].shape),))
+        if one_scalar_each:  # feature f is scalar f
+            return format_output(was_tuple, (coefs.reshape((groups,) + tuple(inputs[0].shape[1:])),))
         attrs = []
         for x, m in zip(inputs, masks):
             if groups == 1:
@@ -530,6 +535,39 @@ class Lime(LimeBase):
         self._groups(test, bsz, per_eval)  # one scalar per example, or the error
         y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
         return test, self._fit_design(z, y, None if weights is None else weights[1:])
+
+    def _lean_in_one_forward(self, x: Tensor, base, z: np.ndarray, target, args, per_eval, sim):
+        """``_vectorized_in_one_forward`` for one input with the default feature mask on the CPU
+        (feature ``f`` is scalar ``f``): the copies are one ``select_copies`` of the design ``z``
+        (S, F) over the input, and a design whose row 0 keeps every feature
+        (``_design_starts_full``) evaluates ``f(inputs)`` there, with no extra copy."""
+        n_samples, n_feat = z.shape
+        bsz, inner = x.shape[0], tuple(x.shape[1:])
+        extra = 0 if self._design_starts_full() else 1
+        rows = n_samples + extra
+        if not fits_one_forward(per_eval, rows, (x,)):
+            return None, None
+        perturbed = select_copies(np.concatenate([np.ones((1, n_feat), dtype=bool), z]) if extra else z, x, base)
+        weights = None
+        if self._similarity_weighted():
+            weights = sim((x,), (perturbed,), None, bsz > 1).to(torch.float64).reshape(rows, bsz)[extra:]
+        outs = forward_units(self.forward_func, (perturbed.reshape((rows * bsz,) + inner),), rows, bsz, target, args)
+        if outs is None:
+            return None, None
+        test = outs[0]
+        self._groups(test, bsz, per_eval)  # one scalar per example, or the error
+        return test, self._fit_design(torch.from_numpy(z), outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
+
+    def _design(self, n_samples: int, n_feat: int) -> Optional[np.ndarray]:
+        """The lean path's samples (S, F) bool, drawn on the CPU from the sampler's random stream
+        (the same draw as ``_sampler``'s), or None where the sampler has no such form."""
+        if self.perturb_func is default_perturb_func:
+            return torch.rand(n_samples, n_feat).numpy() < 0.5
+        return None
+
+    def _design_starts_full(self) -> bool:
+        """Whether row 0 of ``_design`` keeps every feature (its forward is ``f(inputs)``)."""
+        return False
 
     def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim,
                     one_scalar_each=False):

@@ -34,6 +34,7 @@ from .._core.inputs import (
     take_args,
     tensorize_baselines,
 )
+from .._core.spd import solve_spd
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
 from .._core.progress import shows_progress
@@ -94,7 +95,8 @@ class InterpretableLinearModel:
         return self.coef_
 
     def _solve_numpy(self, x: np.ndarray, y: np.ndarray, w: Optional[Tensor], n_feat: int) -> np.ndarray:
-        """The weighted ridge in NumPy: Cholesky-checked normal equations, else minimum norm."""
+        """The weighted ridge in NumPy: the normal equations where their Cholesky factor shows them
+        well-conditioned (``solve_spd``), else the minimum-norm least squares."""
         y = y.reshape(x.shape[:-1])
         w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
         s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
@@ -105,12 +107,9 @@ class InterpretableLinearModel:
         if self.alpha > 0:
             idx = np.arange(n_feat)
             gram[..., idx, idx] += self.alpha
-        try:
-            diag = np.diagonal(np.linalg.cholesky(gram), axis1=-2, axis2=-1)
-            if (diag.min(-1) > 1e-6 * diag.max(-1)).all():
-                return np.linalg.solve(gram, at @ b)[..., 0]
-        except np.linalg.LinAlgError:
-            pass
+        sol = solve_spd(gram, at @ b)
+        if sol is not None:
+            return sol[..., 0]
         # rank-deficient (fewer samples than features): minimum-norm least squares
         if self.alpha > 0:
             pen = np.zeros((a.shape[-1], a.shape[-1]))

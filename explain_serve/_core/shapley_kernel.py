@@ -337,7 +337,7 @@ def kernel_fit(z: Tensor, y: Tensor) -> Tensor:
     s, m = z.shape
     if 2 <= m <= 256 and solve_in_numpy(s, m, y.device):
         fold = _layout_fold(m, s)  # the layout of n_samples = s coalitions is this design's
-        phi = _fit_arrays(z.cpu().numpy(), None, float64_array(y), fold)
+        phi = _fit_arrays(z.numpy() if z.device.type == "cpu" else z.cpu().numpy(), None, float64_array(y), fold)
         return torch.from_numpy(phi).to(y.device)
     return constrained_fit(z, None, y, rank_bound=design_rank_bound(m, s))
 
@@ -406,7 +406,8 @@ def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Opt
     """
     m = z.shape[1]
     k = z.sum(1)
-    if w is None:
+    weighted = w is not None
+    if not weighted:  # the kernel weights: positive but for the full and the empty coalition
         w = (_size_mass_array(m) / np.maximum(np.bincount(k, minlength=m + 1), 1))[k]
     fold = _fold_of(z) if fold is None else fold
     delta = y[:, 0:1] - y[:, 1:2]
@@ -414,7 +415,7 @@ def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Opt
     weight = w @ fold.size
     target = ((resid * w) @ fold.sign) / weight  # (G, D)
     rows = z[fold.rep] - (k[fold.rep] / m)[:, None]  # (D, M): the centred representatives
-    if not (weight > 0).all():  # weightless pairs do not count
+    if weighted and not (weight > 0).all():  # weightless pairs do not count
         keep = weight > 0
         rows, weight, target = rows[keep], weight[keep], target[:, keep]
     if rows.shape[0] < m - 1:

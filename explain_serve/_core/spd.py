@@ -31,10 +31,10 @@ def solve_spd(gram: np.ndarray, rhs: np.ndarray) -> Optional[np.ndarray]:
     and ``rhs`` (..., n, k); None where the Cholesky factor of any of them fails the check."""
     if gram.shape[-1] == 0:
         return np.zeros(rhs.shape)
-    if gram.ndim == 2:
-        chol, sol, info = _dposv()(gram, rhs, lower=1)
+    if gram.size == gram.shape[-1] ** 2:  # one system
+        chol, sol, info = _dposv()(gram.reshape(gram.shape[-2:]), rhs.reshape(rhs.shape[-2:]), lower=1)
         diag = chol.diagonal().tolist()
-        return sol if info == 0 and min(diag) > _MIN_DIAGONAL_RATIO * max(diag) else None
+        return sol.reshape(rhs.shape) if info == 0 and min(diag) > _MIN_DIAGONAL_RATIO * max(diag) else None
     try:
         chol = np.linalg.cholesky(gram)
     except np.linalg.LinAlgError:

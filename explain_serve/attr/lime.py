@@ -172,8 +172,8 @@ def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_wid
 
     ``d`` is ``1 - cosine similarity`` (``"cosine"``) or the L2 distance (``"euclidean"``) of the
     flattened inputs. The returned function has Captum's signature
-    ``(original_inp, perturbed_inp, interpretable_sample, **kwargs) -> float`` and carries a
-    ``batched`` attribute used by ``Lime``'s vectorized path.
+    ``(original_inp, perturbed_inp, interpretable_sample, **kwargs) -> float`` and carries
+    ``batched`` and ``on_design`` attributes used by ``Lime``'s vectorized and lean paths.
     """
     if distance_mode not in ("cosine", "euclidean"):
         raise ValueError("distance_mode must be either cosine or euclidean.")
@@ -200,7 +200,28 @@ def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_wid
             d = _total(red((p - o) ** 2) for o, p in zip(original, perturbed)).sqrt()
         return torch.exp(-(d**2) / (2 * kernel_width**2))
 
+    def on_design(keep: np.ndarray, x: np.ndarray, base) -> np.ndarray:
+        """``batched`` for one input with one scalar per feature, from the design ``keep`` (n, F)
+        bool, ``x`` (B, F) float64 and ``base`` (the number 0 or like ``x``) -> (n, B), in float64:
+        copy ``i`` is ``base + keep[i] * (x - base)``, so its dot products with ``x`` and with
+        itself (and its distance to ``x``) are linear in ``keep``: one matrix product each."""
+        k = keep.astype(np.float64)
+        diff = x - base
+        if distance_mode == "cosine":
+            if isinstance(base, np.ndarray):
+                dot = k @ (diff * x).T + (base * x).sum(1)
+                n_p = np.maximum(k @ (diff * (diff + 2 * base)).T + (base * base).sum(1), 0.0)
+            else:  # against 0 a copy's dot product with x is its squared norm
+                dot = n_p = k @ (x * x).T
+            eps = 1e-8
+            d = 1 - dot / (np.maximum(np.sqrt((x * x).sum(1)), eps) * np.maximum(np.sqrt(n_p), eps))
+            d2 = d * d
+        else:
+            d2 = (1 - k) @ (diff * diff).T
+        return np.exp(-d2 / (2 * kernel_width**2))
+
     default_exp_kernel.batched = batched  # type: ignore[attr-defined]
+    default_exp_kernel.on_design = on_design  # type: ignore[attr-defined]
     return default_exp_kernel
 
 
@@ -415,7 +436,7 @@ class Lime(LimeBase):
         args = format_args(additional_forward_args)
         one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f: no mask
         if one_scalar_each:
-            raw_masks, n_feat = None, inputs[0][0:1].numel()
+            raw_masks, n_feat = None, math.prod(inputs[0].shape[1:])
             masks = (None,)
         else:
             raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
@@ -547,15 +568,25 @@ class Lime(LimeBase):
         if not fits_one_forward(per_eval, rows, (x,)):
             return None, None
         perturbed = select_copies(np.concatenate([np.ones((1, n_feat), dtype=bool), z]) if extra else z, x, base)
-        weights = None
-        if self._similarity_weighted():
-            weights = sim((x,), (perturbed,), None, bsz > 1).to(torch.float64).reshape(rows, bsz)[extra:]
+        weights = self._lean_weights(z, x, base, perturbed[extra:], sim) if self._similarity_weighted() else None
         outs = forward_units(self.forward_func, (perturbed.reshape((rows * bsz,) + inner),), rows, bsz, target, args)
         if outs is None:
             return None, None
         test = outs[0]
         self._groups(test, bsz, per_eval)  # one scalar per example, or the error
         return test, self._fit_design(torch.from_numpy(z), outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
+
+    def _lean_weights(self, z: np.ndarray, x: Tensor, base, perturbed: Tensor, sim) -> Tensor:
+        """Similarities (S, B) float64 of the copies of ``z``: from the design where the similarity
+        has that form (``on_design``: a few NumPy operations on the CPU), else from ``perturbed``."""
+        on_design = getattr(self.similarity_func, "on_design", None)
+        if on_design is not None and all(not isinstance(t, Tensor) or (
+                t.dtype in (torch.float32, torch.float64) and t.device.type == "cpu" and not t.requires_grad)
+                for t in (x, base)):
+            flat = [t.reshape(x.shape[0], -1).numpy().astype(np.float64) if isinstance(t, Tensor) else t
+                    for t in (x, base)]
+            return torch.from_numpy(on_design(z, *flat))
+        return sim((x,), (perturbed,), None, x.shape[0] > 1).to(torch.float64).reshape(z.shape[0], x.shape[0])
 
     def _design(self, n_samples: int, n_feat: int) -> Optional[np.ndarray]:
         """The lean path's samples (S, F) bool, drawn on the CPU from the sampler's random stream

@@ -155,10 +155,9 @@ def _kernel_weights_array(z: np.ndarray) -> np.ndarray:
     return (_size_mass_array(m) / np.maximum(np.bincount(k, minlength=m + 1), 1))[k]
 
 
-def _stratum_counts(strata: _Strata, generator: Optional[torch.Generator]) -> Tuple[int, ...]:
+def _stratum_counts(strata: _Strata, u: float) -> Tuple[int, ...]:
     """Pairs per stratum: the whole ones', and the others' expected shares rounded systematically
-    with one uniform offset (each gets the floor or the ceiling of its share, the total exact)."""
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    with the uniform offset ``u`` (each gets the floor or the ceiling of its share, the total exact)."""
     ends = [math.floor(e + u) for e in strata.ends]
     return tuple(min(w + hi - lo, c) for w, lo, hi, c in zip(strata.whole, ends, ends[1:], strata.capacity))
 
@@ -185,22 +184,27 @@ def _stratum_pairs(m: int, s: int) -> np.ndarray:
     return _read_only(torch.zeros(subsets.shape[0], m, dtype=torch.bool).scatter_(1, subsets, True).numpy())
 
 
-def _uniform_subsets(sizes: np.ndarray, m: int, generator: Optional[torch.Generator]) -> np.ndarray:
+def _uniform_subsets(sizes: np.ndarray, m: int, generator: Optional[torch.Generator],
+                     uniforms: Optional[np.ndarray] = None) -> np.ndarray:
     """One uniform subset of ``sizes[i]`` features per row: the features of the ``sizes[i]``
-    smallest of ``m`` uniforms (torch's stream, so that ``torch.manual_seed`` reproduces it)."""
-    rank = torch.rand(sizes.shape[0], m, generator=generator).numpy().argsort(1, kind="stable").argsort(1, kind="stable")
+    smallest of ``m`` uniforms per row (given, or drawn from torch's stream, so that
+    ``torch.manual_seed`` reproduces them)."""
+    if uniforms is None:
+        uniforms = torch.rand(sizes.shape[0], m, generator=generator).numpy()
+    rank = uniforms.argsort(1, kind="stable").argsort(1, kind="stable")
     return rank < sizes[:, None]
 
 
-def _distinct_pairs(m: int, n_samples: int, counts: Tuple[int, ...], generator: Optional[torch.Generator]) -> np.ndarray:
+def _distinct_pairs(m: int, n_samples: int, counts: Tuple[int, ...], uniforms: np.ndarray,
+                    generator: Optional[torch.Generator]) -> np.ndarray:
     """``counts[i]`` distinct uniform coalitions of the size of stratum ``i``, no pair ``{z, ~z}``
     twice: sampling without replacement within each size. A stratum asked for more than an eighth
-    of its pairs is a random choice among all of them; the others are drawn at once and the rare
-    repeats redrawn."""
+    of its pairs is a random choice among all of them; the others are drawn at once from
+    ``uniforms`` (``m`` per coalition) and the rare repeats redrawn."""
     dense, sizes = _sampling_plan(m, n_samples, counts)
     parts = [_stratum_pairs(m, s)[torch.randperm(c_all, generator=generator)[:c].numpy()] for s, c, c_all in dense]
     if sizes.shape[0]:
-        z = _uniform_subsets(sizes, m, generator)
+        z = _uniform_subsets(sizes, m, generator, uniforms[:sizes.shape[0] * m].reshape(-1, m))
         parts.append(_redraw_repeats(z, sizes, generator) if sizes.shape[0] > 1 else z)
     return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
@@ -235,7 +239,10 @@ def kernel_coalitions_array(m: int, n_samples: int, generator: Optional[torch.Ge
     fixed, n_sampled, strata = _fixed_rows(m, int(n_samples))
     if not n_sampled:
         return fixed.copy()
-    drawn = _distinct_pairs(m, int(n_samples), _stratum_counts(strata, generator), generator)
+    # one draw: the offset of the strata's counts, then m uniforms per pair (those drawn at random)
+    uniforms = torch.rand(1 + (n_sampled + 1) // 2 * m, generator=generator).numpy()
+    counts = _stratum_counts(strata, float(uniforms[0]))
+    drawn = _distinct_pairs(m, int(n_samples), counts, uniforms[1:], generator)
     z = np.empty((fixed.shape[0] + 2 * drawn.shape[0], m), dtype=bool)
     z[:fixed.shape[0]] = fixed
     z[fixed.shape[0]::2] = drawn

@@ -236,18 +236,31 @@ def _redraw_repeats(z: np.ndarray, sizes: np.ndarray, generator: Optional[torch.
 
 def kernel_coalitions_array(m: int, n_samples: int, generator: Optional[torch.Generator] = None) -> np.ndarray:
     """``kernel_coalitions`` as a NumPy array (the same draw)."""
-    fixed, n_sampled, strata = _fixed_rows(m, int(n_samples))
+    return _kernel_draw(m, int(n_samples), generator)[0]
+
+
+def kernel_design_folded(m: int, n_samples: int, generator: Optional[torch.Generator] = None
+                         ) -> Tuple[np.ndarray, "_Folded"]:
+    """``kernel_coalitions_array`` and its kernel weights folded to pairs (``_Folded``, cached per
+    count pattern: ``kernel_fit`` needs nothing else of the design)."""
+    z, counts = _kernel_draw(m, int(n_samples), generator)
+    return z, _layout_folded(m, int(n_samples), counts)
+
+
+def _kernel_draw(m: int, n_samples: int, generator: Optional[torch.Generator]) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """A design and its pairs per stratum."""
+    fixed, n_sampled, strata = _fixed_rows(m, n_samples)
     if not n_sampled:
-        return fixed.copy()
+        return fixed.copy(), ()
     # one draw: the offset of the strata's counts, then m uniforms per pair (those drawn at random)
     uniforms = torch.rand(1 + (n_sampled + 1) // 2 * m, generator=generator).numpy()
     counts = _stratum_counts(strata, float(uniforms[0]))
-    drawn = _distinct_pairs(m, int(n_samples), counts, uniforms[1:], generator)
+    drawn = _distinct_pairs(m, n_samples, counts, uniforms[1:], generator)
     z = np.empty((fixed.shape[0] + 2 * drawn.shape[0], m), dtype=bool)
     z[:fixed.shape[0]] = fixed
     z[fixed.shape[0]::2] = drawn
-    z[fixed.shape[0] + 1::2] = ~drawn
-    return z[:fixed.shape[0] + n_sampled]
+    np.logical_not(drawn, out=z[fixed.shape[0] + 1::2])
+    return z[:fixed.shape[0] + n_sampled], counts
 
 
 def kernel_coalitions(m: int, n_samples: int, device=None, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -349,6 +362,15 @@ def kernel_fit(z: Tensor, y: Tensor) -> Tensor:
     return constrained_fit(z, None, y, rank_bound=design_rank_bound(m, s))
 
 
+def kernel_fit_folded(z: np.ndarray, y: Tensor, folded: _Folded) -> Tensor:
+    """``kernel_fit`` of a design from ``kernel_design_folded`` (``z`` and ``folded``), ``y`` on the
+    CPU: nothing of the weights or pairs left to compute."""
+    s, m = z.shape
+    if 2 <= m <= 256 and solve_in_numpy(s, m, y.device):
+        return torch.from_numpy(_fit_folded(z, float64_array(y), folded))
+    return kernel_fit(torch.from_numpy(z), y)
+
+
 @lru_cache(maxsize=16)
 def _sum_zero_basis_array(m: int) -> np.ndarray:
     """``_sum_zero_basis`` as a NumPy array (cached: read-only, never handed out)."""
@@ -396,12 +418,52 @@ def _layout_fold(m: int, n_samples: int) -> _Fold:
     return _as_fold(np.concatenate([head.rep, fixed.shape[0] + 2 * np.arange(pairs)]), sign)
 
 
+class _Folded(NamedTuple):
+    """A design's weighted fit folded to one row per complementary pair: ``|z| / M`` per row (S,),
+    the pairs' representative rows (D,) and weights (D,), and ``to_pairs`` (S, D), which maps the
+    rows' residuals to the pairs' targets (see ``_fit_arrays``)."""
+    frac: np.ndarray
+    rep: np.ndarray
+    weight: np.ndarray
+    to_pairs: np.ndarray
+
+
+def _fold_weights(sizes: np.ndarray, w: Optional[np.ndarray], fold: _Fold, m: int) -> _Folded:
+    """``_Folded`` of a design with coalition sizes ``sizes`` (S,), weights ``w`` (None: the
+    kernel's, positive but for the full and the empty coalition) and pairs ``fold``; weightless
+    pairs are left out."""
+    if w is None:
+        w = _size_mass_array(m)[sizes] / np.maximum(np.bincount(sizes, minlength=m + 1), 1)[sizes]
+    weight = w @ fold.size
+    keep = weight > 0
+    to_pairs = w[:, None] * fold.sign[:, keep] / weight[keep]
+    return _Folded(sizes / m, fold.rep[keep], weight[keep], to_pairs)
+
+
+@lru_cache(maxsize=256)
+def _layout_folded(m: int, n_samples: int, counts: Tuple[int, ...]) -> _Folded:
+    """``_Folded`` of every ``kernel_coalitions(m, n_samples)`` design with pairs ``counts`` per
+    stratum (cached, read-only): the layout fixes every row's size, hence the kernel weights."""
+    fixed, n_sampled, _ = _fixed_rows(m, n_samples)
+    sizes = fixed.sum(1)
+    if n_sampled:
+        dense, sparse = _sampling_plan(m, n_samples, counts)
+        drawn = np.concatenate([np.repeat([s for s, _, _ in dense], [c for _, c, _ in dense]), sparse]).astype(np.int64)
+        sizes = np.concatenate([sizes, np.stack([drawn, m - drawn], 1).reshape(-1)[:n_sampled]])
+    return _Folded(*(_read_only(a) for a in _fold_weights(sizes, None, _layout_fold(m, n_samples), m)))
+
+
 def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Optional[_Fold] = None) -> np.ndarray:
     """``constrained_fit`` for 2 to 256 features in float64 NumPy, ``z`` bool, ``w`` None for the
-    kernel weights. The design is folded to one row per complementary pair ``{z, ~z}`` (``fold``:
-    its pairs where known, else found): centred, ``z`` and ``~z`` are opposite rows ``a`` and
-    ``-a``, so their weighted squares ``w1 (r1 - a u)^2 + w2 (r2 + a u)^2`` are ``(w1 + w2) (R -
-    a u)^2`` plus a constant, with ``R = (w1 r1 - w2 r2) / (w1 + w2)`` (repeats fold alike).
+    kernel weights, ``fold`` the design's pairs where known (else found): ``_fit_folded``."""
+    return _fit_folded(z, y, _fold_weights(z.sum(1), w, _fold_of(z) if fold is None else fold, z.shape[1]))
+
+
+def _fit_folded(z: np.ndarray, y: np.ndarray, folded: _Folded) -> np.ndarray:
+    """The constrained fit of ``y`` (G, S) on the design ``z`` (S, M) bool folded to one row per
+    complementary pair ``{z, ~z}``: centred, ``z`` and ``~z`` are opposite rows ``a`` and ``-a``,
+    so their weighted squares ``w1 (r1 - a u)^2 + w2 (r2 + a u)^2`` are ``(w1 + w2) (R - a u)^2``
+    plus a constant, with ``R = (w1 r1 - w2 r2) / (w1 + w2)`` (repeats fold alike).
     With ``D >= M - 1`` folded rows the normal equations in the sum-zero basis, ``(M - 1)``-square;
     with fewer (a budget below ``M``) the folded rows can be fitted exactly, and the minimum-norm
     exact fit lies in their span: ``u = A^T (A A^T)^-1 R``, ``D``-square and independent of the
@@ -412,23 +474,14 @@ def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Opt
     torch, not the arithmetic, is the time.
     """
     m = z.shape[1]
-    k = z.sum(1)
-    weighted = w is not None
-    if not weighted:  # the kernel weights: positive but for the full and the empty coalition
-        w = (_size_mass_array(m) / np.maximum(np.bincount(k, minlength=m + 1), 1))[k]
-    fold = _fold_of(z) if fold is None else fold
     delta = y[:, 0:1] - y[:, 1:2]
-    resid = y - (y[:, 1:2] + delta * (k / m))  # (G, S)
-    weight = w @ fold.size
-    target = ((resid * w) @ fold.sign) / weight  # (G, D)
-    rows = z[fold.rep] - (k[fold.rep] / m)[:, None]  # (D, M): the centred representatives
-    if weighted and not (weight > 0).all():  # weightless pairs do not count
-        keep = weight > 0
-        rows, weight, target = rows[keep], weight[keep], target[:, keep]
+    target = (y - (y[:, 1:2] + delta * folded.frac)) @ folded.to_pairs  # (G, D)
+    rows = z[folded.rep] - folded.frac[folded.rep, None]  # (D, M): the centred representatives
     if rows.shape[0] < m - 1:
         coef = solve_spd(rows @ rows.T, target.T)
         if coef is not None:
             return delta / m + (rows.T @ coef).T
+    weight = folded.weight
     q = _sum_zero_basis_array(m)
     a = rows @ q  # (D, M-1): the centred rows in the basis (q's columns sum to zero)
     aw = a * weight[:, None]

@@ -453,9 +453,9 @@ class Lime(LimeBase):
         if vectorized:
             design = self._design(n_samples, n_feat) if one_scalar_each and inputs[0].device.type == "cpu" else None
             if design is not None:  # the lean path: the sampler's draw, built and fitted without masks
-                test, coefs = self._lean_in_one_forward(inputs[0], baselines[0], design, target, args,
+                test, coefs = self._lean_in_one_forward(inputs[0], baselines[0], *design, target, args,
                                                         perturbations_per_eval, sim)
-                z = torch.from_numpy(design)
+                z = torch.from_numpy(design[0])
             else:
                 z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
                 test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
@@ -556,11 +556,12 @@ class Lime(LimeBase):
         y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
         return test, self._fit_design(z, y, None if weights is None else weights[1:])
 
-    def _lean_in_one_forward(self, x: Tensor, base, z: np.ndarray, target, args, per_eval, sim):
+    def _lean_in_one_forward(self, x: Tensor, base, z: np.ndarray, context, target, args, per_eval, sim):
         """``_vectorized_in_one_forward`` for one input with the default feature mask on the CPU
         (feature ``f`` is scalar ``f``): the copies are one ``select_copies`` of the design ``z``
-        (S, F) over the input, and a design whose row 0 keeps every feature
-        (``_design_starts_full``) evaluates ``f(inputs)`` there, with no extra copy."""
+        (S, F) over the input, a design whose row 0 keeps every feature (``_design_starts_full``)
+        evaluates ``f(inputs)`` there, with no extra copy, and ``_fit_lean`` gets the design's
+        ``context`` (see ``_design``)."""
         n_samples, n_feat = z.shape
         bsz, inner = x.shape[0], tuple(x.shape[1:])
         extra = 0 if self._design_starts_full() else 1
@@ -574,7 +575,11 @@ class Lime(LimeBase):
             return None, None
         test = outs[0]
         self._groups(test, bsz, per_eval)  # one scalar per example, or the error
-        return test, self._fit_design(torch.from_numpy(z), outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
+        return test, self._fit_lean(z, context, outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
+
+    def _fit_lean(self, z: np.ndarray, context, y: Tensor, weights: Optional[Tensor]) -> Tensor:
+        """``_fit_design`` for the lean path's design ``z`` and its ``context``."""
+        return self._fit_design(torch.from_numpy(z), y, weights)
 
     def _lean_weights(self, z: np.ndarray, x: Tensor, base, perturbed: Tensor, sim) -> Tensor:
         """Similarities (S, B) float64 of the copies of ``z``: from the design where the similarity
@@ -588,11 +593,12 @@ class Lime(LimeBase):
             return torch.from_numpy(on_design(z, *flat))
         return sim((x,), (perturbed,), None, x.shape[0] > 1).to(torch.float64).reshape(z.shape[0], x.shape[0])
 
-    def _design(self, n_samples: int, n_feat: int) -> Optional[np.ndarray]:
+    def _design(self, n_samples: int, n_feat: int) -> Optional[Tuple[np.ndarray, Any]]:
         """The lean path's samples (S, F) bool, drawn on the CPU from the sampler's random stream
-        (the same draw as ``_sampler``'s), or None where the sampler has no such form."""
+        (the same draw as ``_sampler``'s), and what the fit may take from the draw (``_fit_lean``);
+        None where the sampler has no such form."""
         if self.perturb_func is default_perturb_func:
-            return torch.rand(n_samples, n_feat).numpy() < 0.5
+            return torch.rand(n_samples, n_feat).numpy() < 0.5, None
         return None
 
     def _design_starts_full(self) -> bool:

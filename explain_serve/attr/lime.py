@@ -455,7 +455,7 @@ class Lime(LimeBase):
             if design is not None:  # the lean path: the sampler's draw, built and fitted without masks
                 test, coefs = self._lean_in_one_forward(inputs[0], baselines[0], *design, target, args,
                                                         perturbations_per_eval, sim)
-                z = torch.from_numpy(design[0])
+                z = None if coefs is not None else torch.from_numpy(design[0])  # the generic path's draw
             else:
                 z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
                 test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,

@@ -378,17 +378,18 @@ def _sum_zero_basis_array(m: int) -> np.ndarray:
 
 
 class _Fold(NamedTuple):
-    """Rows of a design as complementary pairs: the representative row of each pair (D,), and
-    ``sign`` (S, D), +1 where a row is its pair's representative (or a repeat of it), -1 where it
-    is the complement, 0 elsewhere (``size``: its absolute value). Centred, a coalition and its
-    complement are opposite rows."""
+    """Rows of a design as complementary pairs: the representative row of each pair (D,); the
+    rows in a pair (R,: all but the full and the empty coalition), their pair (R,), and their
+    ``sign`` (R,), +1 for the representative (or a repeat of it), -1 for its complement.
+    Centred, a coalition and its complement are opposite rows."""
     rep: np.ndarray
+    rows: np.ndarray
+    group: np.ndarray
     sign: np.ndarray
-    size: np.ndarray
 
 
-def _as_fold(rep: np.ndarray, sign: np.ndarray) -> _Fold:
-    return _Fold(_read_only(rep), _read_only(sign), _read_only(np.abs(sign)))
+def _as_fold(*arrays: np.ndarray) -> _Fold:
+    return _Fold(*(_read_only(a) for a in arrays))
 
 
 def _fold_of(z: np.ndarray) -> _Fold:
@@ -397,10 +398,11 @@ def _fold_of(z: np.ndarray) -> _Fold:
     keys, flip = _pair_keys(z)
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    sign = np.zeros((z.shape[0], first.shape[0]))
-    sign[np.arange(z.shape[0]), inverse] = np.where(flip == flip[first][inverse], 1.0, -1.0)
     proper = z[first].any(1) & ~z[first].all(1)
-    return _as_fold(first[proper], sign[:, proper])
+    renumber = np.cumsum(proper) - 1
+    rows = np.flatnonzero(proper[inverse])
+    sign = np.where(flip[rows] == flip[first][inverse[rows]], 1.0, -1.0)
+    return _as_fold(first[proper], rows, renumber[inverse[rows]], sign)
 
 
 @lru_cache(maxsize=64)
@@ -410,22 +412,24 @@ def _layout_fold(m: int, n_samples: int) -> _Fold:
     found once, on the fixed rows."""
     fixed, n_sampled, _ = _fixed_rows(m, n_samples)
     head = _fold_of(fixed)
-    pairs = (n_sampled + 1) // 2
-    sign = np.zeros((fixed.shape[0] + n_sampled, head.rep.shape[0] + pairs))
-    sign[:fixed.shape[0], :head.rep.shape[0]] = head.sign
     j = np.arange(n_sampled)
-    sign[fixed.shape[0] + j, head.rep.shape[0] + j // 2] = np.where(j % 2 == 0, 1.0, -1.0)
-    return _as_fold(np.concatenate([head.rep, fixed.shape[0] + 2 * np.arange(pairs)]), sign)
+    pairs = head.rep.shape[0] + j // 2
+    return _as_fold(np.concatenate([head.rep, fixed.shape[0] + 2 * np.arange((n_sampled + 1) // 2)]),
+                    np.concatenate([head.rows, fixed.shape[0] + j]), np.concatenate([head.group, pairs]),
+                    np.concatenate([head.sign, np.where(j % 2 == 0, 1.0, -1.0)]))
 
 
 class _Folded(NamedTuple):
     """A design's weighted fit folded to one row per complementary pair: ``|z| / M`` per row (S,),
-    the pairs' representative rows (D,) and weights (D,), and ``to_pairs`` (S, D), which maps the
-    rows' residuals to the pairs' targets (see ``_fit_arrays``)."""
+    the pairs' representative rows (D,) and weights (D,), and how the rows' residuals make the
+    pairs' targets (see ``_fit_folded``): row ``rows[i]`` adds ``coef[i]`` times its residual to
+    pair ``group[i]``."""
     frac: np.ndarray
     rep: np.ndarray
     weight: np.ndarray
-    to_pairs: np.ndarray
+    rows: np.ndarray
+    group: np.ndarray
+    coef: np.ndarray
 
 
 def _fold_weights(sizes: np.ndarray, w: Optional[np.ndarray], fold: _Fold, m: int) -> _Folded:
@@ -434,10 +438,15 @@ def _fold_weights(sizes: np.ndarray, w: Optional[np.ndarray], fold: _Fold, m: in
     pairs are left out."""
     if w is None:
         w = _size_mass_array(m)[sizes] / np.maximum(np.bincount(sizes, minlength=m + 1), 1)[sizes]
-    weight = w @ fold.size
-    keep = weight > 0
-    to_pairs = w[:, None] * fold.sign[:, keep] / weight[keep]
-    return _Folded(sizes / m, fold.rep[keep], weight[keep], to_pairs)
+    rep, rows, group, sign = fold
+    w = w[rows]
+    weight = np.bincount(group, weights=w, minlength=rep.shape[0])
+    if not (weight > 0).all():
+        keep = weight > 0
+        inside = keep[group]
+        rep, weight, rows, w, sign = rep[keep], weight[keep], rows[inside], w[inside], sign[inside]
+        group = (np.cumsum(keep) - 1)[group[inside]]
+    return _Folded(sizes / m, rep, weight, rows, group, w * sign / weight[group])
 
 
 @lru_cache(maxsize=256)
@@ -475,7 +484,10 @@ def _fit_folded(z: np.ndarray, y: np.ndarray, folded: _Folded) -> np.ndarray:
     """
     m = z.shape[1]
     delta = y[:, 0:1] - y[:, 1:2]
-    target = (y - (y[:, 1:2] + delta * folded.frac)) @ folded.to_pairs  # (G, D)
+    resid = y[:, folded.rows] - (y[:, 1:2] + delta * folded.frac[folded.rows])  # (G, R)
+    target = np.zeros((folded.rep.shape[0], y.shape[0]))
+    np.add.at(target, folded.group, (resid * folded.coef).T)  # (D, G): the pairs' targets
+    target = target.T
     rows = z[folded.rep] - folded.frac[folded.rep, None]  # (D, M): the centred representatives
     if rows.shape[0] < m - 1:
         coef = solve_spd(rows @ rows.T, target.T)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from functools import lru_cache
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
@@ -90,27 +91,42 @@ class InterpretableLinearModel:
             sol = sol.to(device=device, dtype=dtype)
         else:
             sol = self._solve_torch(x, y, w, n_feat).to(dtype)
+        return self._keep(sol, n_feat)
+
+    def fit_shared(self, x: np.ndarray, y: Tensor, w: Optional[Tensor]) -> Optional[Tensor]:
+        """``fit_tensors`` of ``y`` (G, S) on one design ``x`` (S, F) bool shared by every example
+        (each with its own weights ``w`` (G, S)) on the CPU, in NumPy without copying ``x`` per
+        example; None where the system is too large for NumPy (``solve_in_numpy``)."""
+        if not solve_in_numpy(x.shape[0], x.shape[1] + 1, y.device):
+            return None
+        sol = self._solve_numpy(x, float64_array(y), w, x.shape[1])
+        return self._keep(torch.from_numpy(sol).to(y.dtype if y.is_floating_point() else torch.get_default_dtype()),
+                          x.shape[1])
+
+    def _keep(self, sol: Tensor, n_feat: int) -> Tensor:
         self.coef_ = sol[..., :n_feat]
         self.intercept_ = sol[..., n_feat] if self.fit_intercept else torch.zeros_like(sol[..., 0])
         return self.coef_
 
-    def _solve_numpy(self, x: np.ndarray, y: np.ndarray, w: Optional[Tensor], n_feat: int) -> np.ndarray:
-        """The weighted ridge in NumPy: the normal equations where their Cholesky factor shows them
-        well-conditioned (``solve_spd``), else the minimum-norm least squares."""
-        y = y.reshape(x.shape[:-1])
+    def _solve_numpy(self, x: np.ndarray, y: np.ndarray, w, n_feat: int) -> np.ndarray:
+        """The weighted ridge in NumPy, ``x`` (…, S, F) or one (S, F) shared by every example:
+        the normal equations where their Cholesky factor shows them well-conditioned
+        (``solve_spd``), else the minimum-norm least squares."""
+        y = y.reshape(x.shape[:-1] if x.ndim > 2 else (-1, x.shape[0]))
         w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
-        s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
-        design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
-        a, b = design * s, y[..., None] * s
-        at = np.swapaxes(a, -1, -2)
-        gram = at @ a
+        w = w / np.maximum(w.sum(-1, keepdims=True), 1e-300)
+        design = np.concatenate([x, np.ones(x.shape[:-1] + (1,), dtype=x.dtype)], -1) if self.fit_intercept else x
+        design = design.astype(np.float64, copy=False)
+        aw = np.swapaxes(design, -1, -2) * w[..., None, :]  # (…, F + 1, S): the weighted design, transposed
+        gram = aw @ design
         if self.alpha > 0:
-            idx = np.arange(n_feat)
-            gram[..., idx, idx] += self.alpha
-        sol = solve_spd(gram, at @ b)
+            gram += _ridge(n_feat, design.shape[-1], self.alpha)
+        sol = solve_spd(gram, aw @ y[..., None])
         if sol is not None:
             return sol[..., 0]
         # rank-deficient (fewer samples than features): minimum-norm least squares
+        s = np.sqrt(w)[..., None]
+        a, b = design * s, y[..., None] * s
         if self.alpha > 0:
             pen = np.zeros((a.shape[-1], a.shape[-1]))
             pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
@@ -149,6 +165,16 @@ class InterpretableLinearModel:
 
     def bias(self) -> Optional[Tensor]:
         return self.intercept_
+
+
+@lru_cache(maxsize=16)
+def _ridge(n_feat: int, size: int, alpha: float) -> np.ndarray:
+    """``alpha`` on the diagonal of the first ``n_feat`` of ``size`` unknowns (the intercept is not
+    penalised): added to the normal equations (cached, read-only)."""
+    pen = np.zeros((size, size))
+    pen[range(n_feat), range(n_feat)] = alpha
+    pen.flags.writeable = False
+    return pen
 
 
 # --------------------------------------------------------------------------------------------
@@ -578,7 +604,13 @@ class Lime(LimeBase):
         return test, self._fit_lean(z, context, outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
 
     def _fit_lean(self, z: np.ndarray, context, y: Tensor, weights: Optional[Tensor]) -> Tensor:
-        """``_fit_design`` for the lean path's design ``z`` and its ``context``."""
+        """``_fit_design`` for the lean path's design ``z`` and its ``context``: one design for
+        every example, not copied per example where the model is ``InterpretableLinearModel``."""
+        model = self.interpretable_model
+        if isinstance(model, InterpretableLinearModel) and weights is not None:
+            coefs = model.fit_shared(z, y, weights.transpose(0, 1))
+            if coefs is not None:
+                return coefs
         return self._fit_design(torch.from_numpy(z), y, weights)
 
     def _lean_weights(self, z: np.ndarray, x: Tensor, base, perturbed: Tensor, sim) -> Tensor:

@@ -85,7 +85,7 @@ def cases(kind: str, model, x, b):
             lambda: fwd(model, repeat_rows(x, 25 * n_features + 1)),
         )
         table["KernelShap"] = (lambda lib: lib.KernelShap(model), {}, lambda: fwd(model, repeat_rows(x[:1], 25 + 1)) or None)
-        table["Lime"] = (lambda lib: lib.Lime(model), {}, lambda: fwd(model, repeat_rows(x[:1], 50 + 1)))
+        table["Lime"] = (lambda lib: lib.Lime(model), {}, lambda: fwd(model, repeat_rows(x[:1], 25 + 1)))  # n_samples=25 (Lime.attribute)
         table["FeaturePermutation"] = (lambda lib: lib.FeaturePermutation(model), {}, lambda: fwd(model, repeat_rows(x, n_features + 1)))
     return table
 

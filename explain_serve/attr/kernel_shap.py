@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .._core.progress import shows_progress
-from .._core.shapley_kernel import constrained_fit, design_rank_bound, kernel_coalitions, kernel_weights, size_mass
+from .._core.shapley_kernel import kernel_coalitions, kernel_design_folded, kernel_fit, kernel_fit_folded, size_mass
 from .._core.targets import TargetType
 from .lime import InterpretableLinearModel, Lime
 
@@ -106,6 +106,19 @@ class KernelShap(Lime):
 
         return sample
 
+    def _design(self, n_samples: int, n_feat: int):
+        if self.perturb_func != self.kernel_shap_perturb_generator:
+            return super()._design(n_samples, n_feat)
+        return kernel_design_folded(n_feat, n_samples)  # the coalitions and their folded weights
+
+    def _fit_lean(self, z, context, y: Tensor, weights: Optional[Tensor]) -> Tensor:
+        if context is None or not self._default_estimator():
+            return super()._fit_lean(z, context, y, weights)
+        return self._fitted(kernel_fit_folded(z, y, context), y)
+
+    def _design_starts_full(self) -> bool:
+        return self.perturb_func == self.kernel_shap_perturb_generator  # row 0: the full coalition
+
     def _batched_similarity(self):
         if self.similarity_func != self.kernel_shap_similarity_kernel:
             return super()._batched_similarity()
@@ -118,8 +131,11 @@ class KernelShap(Lime):
     def _fit_design(self, z: Tensor, y: Tensor, weights: Optional[Tensor]) -> Tensor:
         if not self._default_estimator():
             return super()._fit_design(z, y, weights)
-        bound = design_rank_bound(z.shape[1], z.shape[0])  # one design for every example
-        phi = constrained_fit(z, kernel_weights(z), y, rank_bound=bound)
+        return self._fitted(kernel_fit(z, y), y)  # one design for every example
+
+    def _fitted(self, phi: Tensor, y: Tensor) -> Tensor:
+        """``phi``, left as the interpretable model's coefficients (and ``f(baseline)`` as its
+        bias), as Captum's protocol reads them after a fit."""
         model = self.interpretable_model
         model.coef_, model.intercept_ = phi, y[:, 1]
         return phi

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from functools import lru_cache
 from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
@@ -34,6 +35,7 @@ from .._core.inputs import (
     take_args,
     tensorize_baselines,
 )
+from .._core.spd import solve_spd
 from .._core.targets import TargetType, take_target
 from ._base import PerturbationAttribution
 from .._core.progress import shows_progress
@@ -45,7 +47,7 @@ from .._core.perturbation import (
     forward_tensor,
     forward_units,
     select,
-    spread_per_scalar,
+    select_copies,
     values_to_inputs,
 )
 
@@ -89,29 +91,42 @@ class InterpretableLinearModel:
             sol = sol.to(device=device, dtype=dtype)
         else:
             sol = self._solve_torch(x, y, w, n_feat).to(dtype)
+        return self._keep(sol, n_feat)
+
+    def fit_shared(self, x: np.ndarray, y: Tensor, w: Optional[Tensor]) -> Optional[Tensor]:
+        """``fit_tensors`` of ``y`` (G, S) on one design ``x`` (S, F) bool shared by every example
+        (each with its own weights ``w`` (G, S)) on the CPU, in NumPy without copying ``x`` per
+        example; None where the system is too large for NumPy (``solve_in_numpy``)."""
+        if not solve_in_numpy(x.shape[0], x.shape[1] + 1, y.device):
+            return None
+        sol = self._solve_numpy(x, float64_array(y), w, x.shape[1])
+        return self._keep(torch.from_numpy(sol).to(y.dtype if y.is_floating_point() else torch.get_default_dtype()),
+                          x.shape[1])
+
+    def _keep(self, sol: Tensor, n_feat: int) -> Tensor:
         self.coef_ = sol[..., :n_feat]
         self.intercept_ = sol[..., n_feat] if self.fit_intercept else torch.zeros_like(sol[..., 0])
         return self.coef_
 
-    def _solve_numpy(self, x: np.ndarray, y: np.ndarray, w: Optional[Tensor], n_feat: int) -> np.ndarray:
-        """The weighted ridge in NumPy: Cholesky-checked normal equations, else minimum norm."""
-        y = y.reshape(x.shape[:-1])
+    def _solve_numpy(self, x: np.ndarray, y: np.ndarray, w, n_feat: int) -> np.ndarray:
+        """The weighted ridge in NumPy, ``x`` (…, S, F) or one (S, F) shared by every example:
+        the normal equations where their Cholesky factor shows them well-conditioned
+        (``solve_spd``), else the minimum-norm least squares."""
+        y = y.reshape(x.shape[:-1] if x.ndim > 2 else (-1, x.shape[0]))
         w = np.ones_like(y) if w is None else float64_array(w).reshape(y.shape)
-        s = np.sqrt(w / np.maximum(w.sum(-1, keepdims=True), 1e-300))[..., None]
-        design = np.concatenate([x, np.ones_like(x[..., :1])], -1) if self.fit_intercept else x
-        a, b = design * s, y[..., None] * s
-        at = np.swapaxes(a, -1, -2)
-        gram = at @ a
+        w = w / np.maximum(w.sum(-1, keepdims=True), 1e-300)
+        design = np.concatenate([x, np.ones(x.shape[:-1] + (1,), dtype=x.dtype)], -1) if self.fit_intercept else x
+        design = design.astype(np.float64, copy=False)
+        aw = np.swapaxes(design, -1, -2) * w[..., None, :]  # (…, F + 1, S): the weighted design, transposed
+        gram = aw @ design
         if self.alpha > 0:
-            idx = np.arange(n_feat)
-            gram[..., idx, idx] += self.alpha
-        try:
-            diag = np.diagonal(np.linalg.cholesky(gram), axis1=-2, axis2=-1)
-            if (diag.min(-1) > 1e-6 * diag.max(-1)).all():
-                return np.linalg.solve(gram, at @ b)[..., 0]
-        except np.linalg.LinAlgError:
-            pass
+            gram += _ridge(n_feat, design.shape[-1], self.alpha)
+        sol = solve_spd(gram, aw @ y[..., None])
+        if sol is not None:
+            return sol[..., 0]
         # rank-deficient (fewer samples than features): minimum-norm least squares
+        s = np.sqrt(w)[..., None]
+        a, b = design * s, y[..., None] * s
         if self.alpha > 0:
             pen = np.zeros((a.shape[-1], a.shape[-1]))
             pen[range(n_feat), range(n_feat)] = math.sqrt(self.alpha)
@@ -152,6 +167,16 @@ class InterpretableLinearModel:
         return self.intercept_
 
 
+@lru_cache(maxsize=16)
+def _ridge(n_feat: int, size: int, alpha: float) -> np.ndarray:
+    """``alpha`` on the diagonal of the first ``n_feat`` of ``size`` unknowns (the intercept is not
+    penalised): added to the normal equations (cached, read-only)."""
+    pen = np.zeros((size, size))
+    pen[range(n_feat), range(n_feat)] = alpha
+    pen.flags.writeable = False
+    return pen
+
+
 # --------------------------------------------------------------------------------------------
 # defaults (Captum's names and call conventions)
 # --------------------------------------------------------------------------------------------
@@ -173,8 +198,8 @@ def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_wid
 
     ``d`` is ``1 - cosine similarity`` (``"cosine"``) or the L2 distance (``"euclidean"``) of the
     flattened inputs. The returned function has Captum's signature
-    ``(original_inp, perturbed_inp, interpretable_sample, **kwargs) -> float`` and carries a
-    ``batched`` attribute used by ``Lime``'s vectorized path.
+    ``(original_inp, perturbed_inp, interpretable_sample, **kwargs) -> float`` and carries
+    ``batched`` and ``on_design`` attributes used by ``Lime``'s vectorized and lean paths.
     """
     if distance_mode not in ("cosine", "euclidean"):
         raise ValueError("distance_mode must be either cosine or euclidean.")
@@ -201,7 +226,28 @@ def get_exp_kernel_similarity_function(distance_mode: str = "cosine", kernel_wid
             d = _total(red((p - o) ** 2) for o, p in zip(original, perturbed)).sqrt()
         return torch.exp(-(d**2) / (2 * kernel_width**2))
 
+    def on_design(keep: np.ndarray, x: np.ndarray, base) -> np.ndarray:
+        """``batched`` for one input with one scalar per feature, from the design ``keep`` (n, F)
+        bool, ``x`` (B, F) float64 and ``base`` (the number 0 or like ``x``) -> (n, B), in float64:
+        copy ``i`` is ``base + keep[i] * (x - base)``, so its dot products with ``x`` and with
+        itself (and its distance to ``x``) are linear in ``keep``: one matrix product each."""
+        k = keep.astype(np.float64)
+        diff = x - base
+        if distance_mode == "cosine":
+            if isinstance(base, np.ndarray):
+                dot = k @ (diff * x).T + (base * x).sum(1)
+                n_p = np.maximum(k @ (diff * (diff + 2 * base)).T + (base * base).sum(1), 0.0)
+            else:  # against 0 a copy's dot product with x is its squared norm
+                dot = n_p = k @ (x * x).T
+            eps = 1e-8
+            d = 1 - dot / (np.maximum(np.sqrt((x * x).sum(1)), eps) * np.maximum(np.sqrt(n_p), eps))
+            d2 = d * d
+        else:
+            d2 = (1 - k) @ (diff * diff).T
+        return np.exp(-d2 / (2 * kernel_width**2))
+
     default_exp_kernel.batched = batched  # type: ignore[attr-defined]
+    default_exp_kernel.on_design = on_design  # type: ignore[attr-defined]
     return default_exp_kernel
 
 
@@ -416,7 +462,7 @@ class Lime(LimeBase):
         args = format_args(additional_forward_args)
         one_scalar_each = feature_mask is None and len(inputs) == 1  # feature f is scalar f: no mask
         if one_scalar_each:
-            raw_masks, n_feat = None, inputs[0][0:1].numel()
+            raw_masks, n_feat = None, math.prod(inputs[0].shape[1:])
             masks = (None,)
         else:
             raw_masks, n_feat = construct_feature_mask(feature_mask, inputs)
@@ -431,9 +477,15 @@ class Lime(LimeBase):
                       and self.from_interp_rep_transform is default_from_interp_rep_transform)
         coefs = test = None
         if vectorized:
-            z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
-            test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
-                                                          perturbations_per_eval, sim, one_scalar_each)
+            design = self._design(n_samples, n_feat) if one_scalar_each and inputs[0].device.type == "cpu" else None
+            if design is not None:  # the lean path: the sampler's draw, built and fitted without masks
+                test, coefs = self._lean_in_one_forward(inputs[0], baselines[0], *design, target, args,
+                                                        perturbations_per_eval, sim)
+                z = None if coefs is not None else torch.from_numpy(design[0])  # the generic path's draw
+            else:
+                z = sampler(1, n_samples, n_feat, inputs[0].device)[0]  # (S, F): one draw for every example
+                test, coefs = self._vectorized_in_one_forward(inputs, baselines, masks, z, target, args,
+                                                              perturbations_per_eval, sim, one_scalar_each)
         if coefs is None:
             test = forward_tensor(self.forward_func, inputs, target, args)
             groups, per_eval = self._groups(test, bsz, perturbations_per_eval)
@@ -451,9 +503,8 @@ class Lime(LimeBase):
         coefs = coefs.to(test.dtype if test.is_floating_point() else torch.get_default_dtype())
         if not return_input_shape:
             return coefs
-        if one_scalar_each:
-            out = coefs.reshape(1, n_feat) if groups == 1 else coefs
-            return format_output(was_tuple, (spread_per_scalar(out.transpose(0, 1), inputs[0].shape),))
+        if one_scalar_each:  # feature f is scalar f
+            return format_output(was_tuple, (coefs.reshape((groups,) + tuple(inputs[0].shape[1:])),))
         attrs = []
         for x, m in zip(inputs, masks):
             if groups == 1:
@@ -530,6 +581,61 @@ class Lime(LimeBase):
         self._groups(test, bsz, per_eval)  # one scalar per example, or the error
         y = outs[1:].reshape(n_samples, bsz).transpose(0, 1)
         return test, self._fit_design(z, y, None if weights is None else weights[1:])
+
+    def _lean_in_one_forward(self, x: Tensor, base, z: np.ndarray, context, target, args, per_eval, sim):
+        """``_vectorized_in_one_forward`` for one input with the default feature mask on the CPU
+        (feature ``f`` is scalar ``f``): the copies are one ``select_copies`` of the design ``z``
+        (S, F) over the input, a design whose row 0 keeps every feature (``_design_starts_full``)
+        evaluates ``f(inputs)`` there, with no extra copy, and ``_fit_lean`` gets the design's
+        ``context`` (see ``_design``)."""
+        n_samples, n_feat = z.shape
+        bsz, inner = x.shape[0], tuple(x.shape[1:])
+        extra = 0 if self._design_starts_full() else 1
+        rows = n_samples + extra
+        if not fits_one_forward(per_eval, rows, (x,)):
+            return None, None
+        perturbed = select_copies(np.concatenate([np.ones((1, n_feat), dtype=bool), z]) if extra else z, x, base)
+        weights = self._lean_weights(z, x, base, perturbed[extra:], sim) if self._similarity_weighted() else None
+        outs = forward_units(self.forward_func, (perturbed.reshape((rows * bsz,) + inner),), rows, bsz, target, args)
+        if outs is None:
+            return None, None
+        test = outs[0]
+        self._groups(test, bsz, per_eval)  # one scalar per example, or the error
+        return test, self._fit_lean(z, context, outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
+
+    def _fit_lean(self, z: np.ndarray, context, y: Tensor, weights: Optional[Tensor]) -> Tensor:
+        """``_fit_design`` for the lean path's design ``z`` and its ``context``: one design for
+        every example, not copied per example where the model is ``InterpretableLinearModel``."""
+        model = self.interpretable_model
+        if isinstance(model, InterpretableLinearModel) and weights is not None:
+            coefs = model.fit_shared(z, y, weights.transpose(0, 1))
+            if coefs is not None:
+                return coefs
+        return self._fit_design(torch.from_numpy(z), y, weights)
+
+    def _lean_weights(self, z: np.ndarray, x: Tensor, base, perturbed: Tensor, sim) -> Tensor:
+        """Similarities (S, B) float64 of the copies of ``z``: from the design where the similarity
+        has that form (``on_design``: a few NumPy operations on the CPU), else from ``perturbed``."""
+        on_design = getattr(self.similarity_func, "on_design", None)
+        if on_design is not None and all(not isinstance(t, Tensor) or (
+                t.dtype in (torch.float32, torch.float64) and t.device.type == "cpu" and not t.requires_grad)
+                for t in (x, base)):
+            flat = [t.reshape(x.shape[0], -1).numpy().astype(np.float64) if isinstance(t, Tensor) else t
+                    for t in (x, base)]
+            return torch.from_numpy(on_design(z, *flat))
+        return sim((x,), (perturbed,), None, x.shape[0] > 1).to(torch.float64).reshape(z.shape[0], x.shape[0])
+
+    def _design(self, n_samples: int, n_feat: int) -> Optional[Tuple[np.ndarray, Any]]:
+        """The lean path's samples (S, F) bool, drawn on the CPU from the sampler's random stream
+        (the same draw as ``_sampler``'s), and what the fit may take from the draw (``_fit_lean``);
+        None where the sampler has no such form."""
+        if self.perturb_func is default_perturb_func:
+            return torch.rand(n_samples, n_feat).numpy() < 0.5, None
+        return None
+
+    def _design_starts_full(self) -> bool:
+        """Whether row 0 of ``_design`` keeps every feature (its forward is ``f(inputs)``)."""
+        return False
 
     def _vectorized(self, inputs, baselines, masks, z, groups, out_shape, target, args, per_eval, sim,
                     one_scalar_each=False):

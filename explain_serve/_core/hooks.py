@@ -45,16 +45,6 @@ class GradRecord:
         self.grad_output: Optional[Tensor] = None
         self.saved: Any = None  # what ``prepare(module, input, output)`` computed in the forward
 
-    def module_grad(self, inputs: Optional[Tensor] = None) -> Tensor:
-        """The module's own input gradient for ``grad_output`` at ``inputs`` (default: the
-        record's), computed on demand where its backward was replaced (``replace_gradient``): the
-        module's forward again, without hooks (rules need it rarely; keeping the module's graph
-        for it would hold its saved tensors until the call ends)."""
-        x = (self.inputs if inputs is None else inputs).detach().requires_grad_(True)  # type: ignore[union-attr]
-        with torch.enable_grad():
-            y = self.module.forward(x)
-        return torch.autograd.grad(y, x, self.grad_output)[0]
-
 
 class _InputTap(torch.autograd.Function):
     """Identity whose backward applies a gradient rule; a fresh copy only for an in-place module
@@ -275,8 +265,7 @@ class HookSession:
     def replace_gradient(self, module: nn.Module, rule: GradRule,
                          prepare: Optional[Callable[..., Any]] = None, reference: Optional[Callable[..., tuple]] = None) -> None:
         """Like ``override_gradient`` but cheaper: ``rule(record, None)`` is the whole gradient from
-        ``module``'s output to its first input and the module's own backward is skipped (a rule
-        that needs it calls ``record.module_grad(...)``). With ``prepare``, which returns a tuple, the
+        ``module``'s output to its first input and the module's own backward is skipped. With ``prepare``, which returns a tuple, the
         rule gets only that tuple as ``record.saved``, so the module's input and output need not
         live until the backward; without it, ``record.inputs``/``outputs``. ``reference`` as in
         ``override_gradient``.

@@ -200,16 +200,10 @@ def reference_rows(baselines: Tuple[Tensor, ...], n: int, args: Optional[Tuple[A
     shared by the batch (a broadcast view) and no forward argument has a batch axis to match;
     else the rows as given, which must tile the ``n`` inputs."""
     batched_args = any(isinstance(a, Tensor) and a.dim() > 0 for a in (args or ()))
-    if batched_args:
-        return tuple(tile(b, n) for b in baselines)
-    if all(b.shape[0] == 1 or (b.dim() > 0 and b.stride(0) == 0) for b in baselines):
+    if not batched_args and all(b.shape[0] == 1 or b.stride(0) == 0 for b in baselines):
         return tuple(b[:1] for b in baselines)
-    rows = {b.shape[0] for b in baselines}
-    if len(rows) > 1:
+    if batched_args or len({b.shape[0] for b in baselines}) > 1:
         return tuple(tile(b, n) for b in baselines)
-    (k,) = rows
-    if n % k:
-        raise AttributionArgumentError(f"baselines must have batch size 1 or {n}, got {k}")
     return baselines
 
 

@@ -2,10 +2,11 @@
 
 For each method, on a small CNN (3x64x64) and a 20-feature MLP: median wall time of Captum, of
 explain-serve and of the *compute floor* (the same forward/backward passes done as one batch, with
-no attribution logic), runs interleaved in a rotating order so that all three see the same
-machine state.
+no attribution logic), runs interleaved in an order where each follows each of the others equally
+often, so that all three see the same machine state.
 
-    python benchmarks/compare_captum.py [--repeats 15] [--only mlp|cnn] [--threads N] [--clock wall|cpu]
+    python benchmarks/compare_captum.py [--repeats 15] [--only mlp|cnn] [--methods A,B] [--threads N]
+                                        [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -103,10 +104,12 @@ def median_ms(fn: Callable[[], object]) -> float:
     return (CLOCK() - start) * 1e3
 
 
-def bench(kind: str, repeats: int) -> List[Dict[str, object]]:
+def bench(kind: str, repeats: int, methods: Optional[List[str]] = None) -> List[Dict[str, object]]:
     model, x, b = cnn_model() if kind == "cnn" else mlp_model()
     rows = []
     for name, (make, kwargs, floor) in cases(kind, model, x, b).items():
+        if methods and name not in methods:
+            continue
         try:
             ours, theirs = make(ea), make(ca)
         except (AttributeError, ImportError) as exc:
@@ -120,12 +123,13 @@ def bench(kind: str, repeats: int) -> List[Dict[str, object]]:
         for fn in (call_ours, call_theirs, floor):  # warm-up
             fn()
         t_ours, t_theirs, t_floor = [], [], []
-        # the three interleaved, their order rotated every repeat: the call right after Captum's
-        # large one runs with cold caches and fresh pages, and each of the three takes that turn
-        # equally often
-        runs = [(call_theirs, t_theirs), (call_ours, t_ours), (floor, t_floor)]
+        # the three interleaved in the cycle Captum, ours, floor, Captum, floor, ours: each runs
+        # right after each of the other two equally often, so the call after Captum's large one
+        # (cold caches, fresh pages) is ours as often as the floor's
+        theirs_run, ours_run, floor_run = (call_theirs, t_theirs), (call_ours, t_ours), (floor, t_floor)
+        cycle = [theirs_run, ours_run, floor_run, theirs_run, floor_run, ours_run]
         for i in range(repeats):
-            for fn, times in runs[i % 3:] + runs[:i % 3]:
+            for fn, times in cycle[3 * (i % 2):3 * (i % 2) + 3]:
                 times.append(median_ms(fn))
         o, c, f = (statistics.median(v) for v in (t_ours, t_theirs, t_floor))
         rows.append({"model": kind, "method": name, "captum_ms": c, "ours_ms": o, "floor_ms": f,
@@ -137,6 +141,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--only", choices=["mlp", "cnn"])
+    p.add_argument("--methods", help="comma-separated method names (default: all)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)")
@@ -151,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(header)
     print("-" * len(header))
     for kind in ([a.only] if a.only else ["mlp", "cnn"]):
-        for r in bench(kind, a.repeats):
+        for r in bench(kind, a.repeats, a.methods.split(",") if a.methods else None):
             if "error" in r:
                 print(f"{r['model']:5} {r['method']:22} n/a: {r['error']}")
                 continue

@@ -15,7 +15,7 @@ from explain_serve._core.shapley_kernel import (
     _sum_zero_basis, constrained_fit, design_rank_bound, kernel_design, kernel_weights, size_mass,
 )
 from explain_serve.attr import KernelShap, Lime, ShapleyValues, ShapleyValueSampling
-from explain_serve.attr.shapley import _walk_keep, antithetic_permutations
+from explain_serve.attr.shapley import _walk_keep, antithetic_permutations, orderings
 
 D = torch.float64
 
@@ -211,20 +211,24 @@ def test_antithetic_permutations_pair_each_ordering_with_its_reverse():
     assert (p[0:6:2].flip(1) == p[1:6:2]).all()
 
 
-@pytest.mark.parametrize("n_samples, n_feat", [(7, 5), (25, 20), (4, 2), (3, 1), (40, 3)])
-@pytest.mark.parametrize("dtype", [torch.bool, torch.int32, torch.int64])
+@pytest.mark.parametrize("n_samples, n_feat", [(7, 5), (25, 20), (4, 2), (3, 1), (40, 3), (30, 4)])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int32, torch.int64])
 def test_walk_keep_lists_each_walks_prefixes(n_samples, n_feat, dtype):
     """The one-forward units: v(empty), v(full), then the first k + 1 features of each ordering,
-    checked against the definition one unit at a time (in select's bit form: -1 where kept)."""
+    checked against the definition one unit at a time (in select's bit form: all bits set where
+    kept); the positions invert the orderings."""
+    torch.manual_seed(0)
+    pos = orderings(n_samples, n_feat)
     torch.manual_seed(0)
     perms = antithetic_permutations(n_samples, n_feat)
-    keep = _walk_keep(perms, dtype)
+    assert torch.equal(torch.from_numpy(pos).gather(1, perms), torch.arange(n_feat).expand(n_samples, n_feat))
+    keep = torch.from_numpy(_walk_keep(pos, dtype))
     expected = torch.zeros(2 + n_samples * (n_feat - 1), n_feat, dtype=torch.bool)
     expected[1] = True
     for s, perm in enumerate(perms.tolist()):
         for k in range(n_feat - 1):
             expected[2 + s * (n_feat - 1) + k, perm[:k + 1]] = True
-    on = torch.tensor(True if dtype == torch.bool else -1, dtype=dtype)
+    on = torch.tensor(True if dtype == torch.bool else -1).to(dtype)
     assert keep.dtype == dtype
     assert torch.equal(keep, torch.where(expected, on, torch.zeros((), dtype=dtype)))
 

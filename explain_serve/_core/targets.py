@@ -42,6 +42,8 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
     if target is None:
         return output
     if isinstance(target, int):
+        if output.dim() >= 2 and -output.shape[1] <= target < output.shape[1]:
+            return output.select(1, target)  # the usual case, a view at a fraction of indexing's cost
         return _select_column(output, (target,))
     if isinstance(target, tuple):
         return _select_column(output, target)

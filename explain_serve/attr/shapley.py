@@ -26,6 +26,7 @@ import math
 import warnings
 from typing import Any, Callable, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,74 +51,90 @@ from .._core.perturbation import (
 )
 
 
-def antithetic_permutations(n: int, n_feat: int) -> Tensor:
-    """``n`` orderings of ``n_feat`` players (S, F), each followed by its reverse, from orthogonal
-    directions (Mitchell et al. 2022's orthogonal spherical codes): an ordering is the argsort of
-    a unit vector in the sum-zero subspace and its reverse that of the opposite vector; up to
-    ``F - 1`` pairs at a time come from orthonormal vectors of a uniformly random frame, which
-    spreads the orderings more evenly than independent draws."""
+def orderings(n: int, n_feat: int) -> np.ndarray:
+    """The positions (S, F) of the ``n_feat`` players in ``n`` orderings, each ordering followed
+    by its reverse. From orthogonal directions (Mitchell et al. 2022's orthogonal spherical
+    codes): an ordering is the argsort of a unit vector in the sum-zero subspace and its reverse
+    that of the opposite vector; up to ``F - 1`` pairs at a time come from orthonormal vectors of
+    a uniformly random frame, which spreads the orderings more evenly than independent draws. The
+    frame is torch's (its stream, ``torch.manual_seed`` reproduces it; its QR), the ranks NumPy's:
+    a few small operations each, where the per-call cost is most of the work."""
     n_pairs, dim = (n + 1) // 2, max(n_feat - 1, 1)
     halves = []
     for start in range(0, n_pairs, dim):
-        g = torch.randn(n_feat, min(dim, n_pairs - start), dtype=torch.float64)
-        q, r = torch.linalg.qr(g.sub_(g.mean(0)))  # centred Gaussian columns: an isotropic frame
-        halves.append((q * torch.sign(torch.diagonal(r))).T.argsort(-1))
-    if not halves:
-        return torch.zeros(0, n_feat, dtype=torch.long)
-    half = halves[0] if len(halves) == 1 else torch.cat(halves)
-    return torch.take(half, _pairs_index(n, n_feat))
+        g = torch.randn(n_feat, min(dim, n_pairs - start), dtype=torch.float64).numpy()
+        g -= g.sum(0) / n_feat
+        q, r = torch.linalg.qr(torch.from_numpy(g))  # centred Gaussian columns: an isotropic frame
+        # the ordering of a direction: its players by value; a player's position: its rank
+        halves.append((q.numpy() * np.sign(r.numpy().diagonal())).T.argsort(-1).argsort(-1))
+    pos = np.empty((2 * n_pairs, n_feat), dtype=np.int64)
+    if halves:
+        pos[0::2] = halves[0] if len(halves) == 1 else np.concatenate(halves)
+        np.subtract(n_feat - 1, pos[0::2], out=pos[1::2])  # the reverse ordering
+    return pos[:n]
 
 
-@small_tensor_cache(lambda n, n_feat: n * n_feat)
-def _pairs_index(n: int, n_feat: int) -> Tensor:
-    """``(n, F)`` flat indices into the ``(ceil(n / 2), F)`` half orderings laying out each one
-    followed by its reverse."""
-    cols = torch.arange(n_feat)
-    reverse = (torch.arange(n) % 2 == 1)[:, None]
-    return (torch.arange(n) // 2)[:, None] * n_feat + torch.where(reverse, n_feat - 1 - cols, cols)
+def antithetic_permutations(n: int, n_feat: int) -> Tensor:
+    """The orderings (S, F) of ``orderings``: player ``perms[s, k]`` is at position ``k``."""
+    return torch.from_numpy(orderings(n, n_feat).argsort(-1))
 
 
-@small_tensor_cache(lambda n_feat, dtype, device: n_feat * n_feat)
-def _ends_and_prefixes(n_feat: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor]:
-    """Presence by position, in ``select``'s mask ``dtype``: ``(2, F)`` the empty and the full
-    coalition, ``(F - 1, F)`` row ``k`` the first ``k + 1`` positions of an ordering."""
-    on = torch.ones((), dtype=dtype, device=device) if dtype == torch.bool else torch.full((), -1, dtype=dtype, device=device)
-    pos = torch.arange(n_feat, device=device)
-    prefixes = torch.where(pos[None, :] <= torch.arange(n_feat - 1, device=device)[:, None], on, on.new_zeros(()))
-    ends = torch.stack([on.new_zeros(n_feat), on.expand(n_feat)])
-    return ends, prefixes
+_NUMPY_BITS = {torch.int8: np.int8, torch.uint8: np.uint8, torch.int16: np.int16, torch.int32: np.int32,
+               torch.int64: np.int64, torch.bool: np.bool_}
 
 
-def _walk_keep(perms: Tensor, dtype: torch.dtype) -> Tensor:
+def _walk_keep(pos: np.ndarray, dtype: torch.dtype = torch.bool) -> np.ndarray:
     """``(2 + S (F - 1), F)`` presence of every unit of the one-forward walk: v(empty), v(full),
-    then walk ``s``'s inner coalitions (unit ``2 + s (F - 1) + k``: the first ``k + 1`` features
-    of ordering ``s``), scattered at once from the prefixes by position, in ``select``'s mask
-    ``dtype`` (a bit mask where ``select`` takes one: no conversion pass)."""
-    n_samples, n_feat = perms.shape
-    ends, prefixes = _ends_and_prefixes(n_feat, dtype, perms.device)
-    keep = torch.empty(2 + n_samples * (n_feat - 1), n_feat, dtype=dtype, device=perms.device)
-    keep[:2].copy_(ends)
-    shape = (n_samples, n_feat - 1, n_feat)
-    keep[2:].view(shape).scatter_(2, perms[:, None, :].expand(shape), prefixes.expand(shape))
-    return keep
+    then walk ``s``'s inner coalitions (unit ``2 + s (F - 1) + k``: the features at positions up
+    to ``k`` of ordering ``s``), from the positions ``pos`` (S, F); bool, or ``select``'s bit form
+    in the NumPy type of ``dtype`` (-1 where kept)."""
+    n_samples, n_feat = pos.shape
+    keep = np.empty((2 + n_samples * (n_feat - 1), n_feat), dtype=_NUMPY_BITS[dtype])
+    keep[0], keep[1] = 0, 1
+    np.less_equal(pos[:, None, :], _steps(n_feat), out=keep[2:].reshape(n_samples, n_feat - 1, n_feat))
+    return keep if dtype == torch.bool else np.negative(keep, out=keep)
 
 
-@small_tensor_cache(lambda n_samples, n_feat, device: n_samples * (n_feat + 1))
-def _walk_rows(n_samples: int, n_feat: int, device: torch.device) -> Tensor:
-    """``(S, F + 1)`` unit of each step of each walk among ``[empty, full, inner...]``: 0, then
-    walk ``s``'s ``F - 1`` inner coalitions, then 1."""
-    inner = torch.arange(2, 2 + n_samples * (n_feat - 1), device=device).reshape(n_samples, n_feat - 1)
-    return torch.cat([inner.new_zeros(n_samples, 1), inner, inner.new_ones(n_samples, 1)], 1)
+@small_tensor_cache(lambda n_feat: n_feat)
+def _steps(n_feat: int) -> np.ndarray:
+    """``(F - 1, 1)``: the inner steps of a walk (cached, read-only)."""
+    steps = np.arange(n_feat - 1)[:, None]
+    steps.flags.writeable = False
+    return steps
 
 
-def _average_contributions(perms: Tensor, v: Tensor) -> Tensor:
-    """Shapley estimates ``(F, *out)`` from each walk's values ``v`` (S, F + 1, *out), ends
-    included: step ``k``'s marginal contribution goes to feature ``perms[s, k]``."""
-    n_samples, n_feat = perms.shape
-    marg = torch.diff(v, dim=1)  # (S, F, *out)
-    phi = torch.zeros((n_feat,) + tuple(v.shape[2:]), dtype=marg.dtype, device=marg.device)
-    phi.index_add_(0, perms.reshape(-1), marg.reshape((n_samples * n_feat,) + tuple(v.shape[2:])))
-    return phi / n_samples
+@small_tensor_cache(lambda n_samples, n_feat: n_samples * (n_feat + 1))
+def _walk_steps(n_samples: int, n_feat: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The units (in ``_walk_keep``'s order) before and after each step of each walk, by the
+    flat index ``s * (F + 1) + k`` of step ``k`` of walk ``s`` (``(S * (F + 1),)`` each; the last
+    of each walk unused), and those flat indices of each walk's step 0 ``(S, 1)`` (cached,
+    read-only)."""
+    rows = np.empty((n_samples, n_feat + 1), dtype=np.int64)  # walk s after k features: a unit
+    rows[:, 0], rows[:, -1] = 0, 1
+    rows[:, 1:-1] = np.arange(2, 2 + n_samples * (n_feat - 1)).reshape(n_samples, n_feat - 1)
+    before = rows.reshape(-1)
+    after = np.append(before[1:], 0)
+    starts = (np.arange(n_samples) * (n_feat + 1))[:, None]
+    for a in (before, after, starts):
+        a.flags.writeable = False
+    return before, after, starts
+
+
+def _average_contributions(units: Tensor, pos: np.ndarray) -> Tensor:
+    """Shapley estimates ``(F, *out)`` from the values ``(U, *out)`` of the walks' units (in the
+    order of ``_walk_keep``): feature ``f``'s marginal contribution in walk ``s`` is the value
+    after its step ``pos[s, f]`` less the value before, averaged over the walks (in NumPy for
+    CPU floats: a few small operations)."""
+    n_samples, n_feat = pos.shape
+    before, after, starts = _walk_steps(n_samples, n_feat)
+    step = pos + starts
+    if units.device.type == "cpu" and units.dtype in (torch.float32, torch.float64):
+        v = units.numpy().reshape(units.shape[0], -1)
+        phi = (np.take(v, np.take(after, step), 0) - np.take(v, np.take(before, step), 0)).sum(0) / n_samples
+        return torch.from_numpy(phi).reshape((n_feat,) + tuple(units.shape[1:]))
+    idx = torch.from_numpy(np.stack([after[step], before[step]])).to(units.device)
+    v = units[idx]  # (2, S, F, *out)
+    return (v[0] - v[1]).sum(0) / n_samples
 
 
 class ShapleyValueSampling(PerturbationAttribution):
@@ -162,19 +179,17 @@ class ShapleyValueSampling(PerturbationAttribution):
         one_scalar_each = feature_mask is None and len(inputs) == 1  # feature i is scalar i: no mask needed
         masks = None if one_scalar_each else format_masks(feature_mask, inputs)
         num_examples = inputs[0].shape[0]
-        n_feat = (sum(x[0:1].numel() for x in inputs) if feature_mask is None
+        n_feat = (sum(math.prod(x.shape[1:]) for x in inputs) if feature_mask is None
                   else int(max(int(m.max()) for m in masks if m.numel())) + 1)
 
         with torch.no_grad():
-            perms = None
+            pos = None
             if not exact:
-                perms = antithetic_permutations(n_samples, n_feat)  # (S, F)
-                if perms.device != inputs[0].device:
-                    perms = perms.to(inputs[0].device)
+                pos = orderings(n_samples, n_feat)  # (S, F): where each feature joins each walk
                 # default baselines stay numbers (one masking pass, no baseline tensor)
                 phi = self._sampled_in_one_forward(
                     inputs, formatted if baselines is None else tensorize_baselines(formatted, inputs), masks,
-                    perms, target, args, perturbations_per_eval, one_scalar_each)
+                    pos, target, args, perturbations_per_eval, one_scalar_each)
                 if phi is not None:
                     if one_scalar_each:
                         return format_output(was_tuple, (spread_per_scalar(phi, inputs[0].shape),))
@@ -200,7 +215,7 @@ class ShapleyValueSampling(PerturbationAttribution):
             if exact:
                 phi = self._exact(inputs, baselines, masks, n_feat, initial, target, args, per_eval)
             else:
-                phi = self._sampled(inputs, baselines, masks, perms, initial, target, args, per_eval)
+                phi = self._sampled(inputs, baselines, masks, pos, initial, target, args, per_eval)
 
             attrs = tuple(values_to_inputs(phi, m, initial.shape, x.shape) for x, m in zip(inputs, masks))
         return format_output(was_tuple, attrs)
@@ -226,12 +241,12 @@ class ShapleyValueSampling(PerturbationAttribution):
         return build
 
     @staticmethod
-    def _walk_presence(perms: Tensor) -> Callable[[slice], Tensor]:
-        """``presence(sl)`` of the walks' inner coalitions (unit ``s * (F - 1) + k``: the first
-        ``k + 1`` features of ordering ``s``; the empty and the full coalition are not units)."""
-        n_samples, n_feat = perms.shape
-        device = perms.device
-        pos = perms.argsort(-1)  # position of each feature in each ordering (the inverse permutation)
+    def _walk_presence(pos: Tensor) -> Callable[[slice], Tensor]:
+        """``presence(sl)`` of the walks' inner coalitions (unit ``s * (F - 1) + k``: the features
+        at positions up to ``k`` of ordering ``s``; the empty and the full coalition are not
+        units), from the positions ``pos`` (S, F)."""
+        n_samples, n_feat = pos.shape
+        device = pos.device
         inner = n_feat - 1
         steps = torch.arange(inner, device=device)[None, :, None]
 
@@ -248,41 +263,33 @@ class ShapleyValueSampling(PerturbationAttribution):
 
         return presence
 
-    @staticmethod
-    def _walk_average(perms: Tensor, initial: Tensor, final: Tensor, v: Tensor) -> Tensor:
-        """Shapley estimates (F, *out) from the walks' values: ``initial`` v(empty), ``final``
-        v(full), ``v`` (S * (F - 1), *out) the inner coalitions in unit order."""
-        n_samples, n_feat = perms.shape
-        shape = tuple(final.shape)
-        v = torch.cat([initial.expand((n_samples, 1) + shape).to(final.dtype),
-                       v.to(final.dtype).reshape((n_samples, n_feat - 1) + shape),
-                       final.expand((n_samples, 1) + shape)], 1)
-        return _average_contributions(perms, v)
-
-    def _sampled_in_one_forward(self, inputs, baselines, masks, perms, target, args, per_eval,
+    def _sampled_in_one_forward(self, inputs, baselines, masks, pos, target, args, per_eval,
                                 one_scalar_each=False):
         """The walks with v(empty) and v(full) in the same forward as the inner coalitions, or
         None where that does not apply (``fits_one_forward``) or the forward aggregates."""
-        n_samples, n_feat = perms.shape
-        n_inner = n_samples * (n_feat - 1)
-        if not fits_one_forward(per_eval, n_inner + 2, inputs):
+        n_samples, n_feat = pos.shape
+        n_units = 2 + n_samples * (n_feat - 1)
+        if not fits_one_forward(per_eval, n_units, inputs):
             return None
-        keep = _walk_keep(perms, bit_mask_dtype(inputs[0]) if len(inputs) == 1 else torch.bool)
+        # one input: select's bit form, no conversion per call
+        keep = torch.from_numpy(_walk_keep(pos, bit_mask_dtype(inputs[0]) if len(inputs) == 1 else torch.bool))
+        keep = keep.to(inputs[0].device)
         build = self._coalition_builder(inputs, baselines, masks, lambda sl: keep, one_scalar_each)
-        outs = forward_units(self.forward_func, build(slice(0, n_inner + 2)), n_inner + 2, inputs[0].shape[0],
-                             target, args)
+        outs = forward_units(self.forward_func, build(slice(0, n_units)), n_units, inputs[0].shape[0], target, args)
         if outs is None:
             return None
-        return _average_contributions(perms, outs[_walk_rows(n_samples, n_feat, perms.device)])
+        return _average_contributions(outs, pos)
 
-    def _sampled(self, inputs, baselines, masks, perms, initial, target, args, per_eval):
-        n_samples, n_feat = perms.shape
-        build = self._coalition_builder(inputs, baselines, masks, self._walk_presence(perms))
+    def _sampled(self, inputs, baselines, masks, pos, initial, target, args, per_eval):
+        n_samples, n_feat = pos.shape
+        presence = self._walk_presence(torch.from_numpy(pos).to(inputs[0].device))
+        build = self._coalition_builder(inputs, baselines, masks, presence)
         final = forward_tensor(self.forward_func, inputs, target, args).reshape(initial.shape)
         outs = [out for _, out in evaluate_chunks(
             self.forward_func, build, n_samples * (n_feat - 1), per_eval, initial.shape, target, args, inputs)]
-        v = torch.cat(outs, 0) if outs else final.new_zeros((0,) + tuple(initial.shape))
-        return self._walk_average(perms, initial, final, v)
+        shape = tuple(final.shape)
+        units = torch.cat([initial.to(final.dtype)[None], final[None]] + [v.to(final.dtype) for v in outs])
+        return _average_contributions(units.reshape((-1,) + shape), pos)
 
     def _exact(self, inputs, baselines, masks, n_feat, initial, target, args, per_eval):
         device = inputs[0].device

@@ -6,7 +6,7 @@ no attribution logic), runs interleaved in an order where each follows each of t
 often, so that all three see the same machine state.
 
     python benchmarks/compare_captum.py [--repeats 15] [--only mlp|cnn] [--methods A,B] [--threads N]
-                                        [--clock wall|cpu]
+                                        [--clock wall|cpu] [--default-malloc]
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ warnings.filterwarnings("ignore")
 import captum.attr as ca  # noqa: E402  (benchmark-only oracle)
 
 import explain_serve.attr as ea  # noqa: E402
+from allocator import pin_malloc_thresholds  # noqa: E402  (benchmarks/ is the script's directory)
 
 
 def mlp_model():
@@ -143,6 +144,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--only", choices=["mlp", "cnn"])
     p.add_argument("--methods", help="comma-separated method names (default: all)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--default-malloc", action="store_true",
+                   help="keep glibc's moving malloc thresholds (see allocator.py; rows then vary with page faults)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)")
     a = p.parse_args(argv)
@@ -150,7 +153,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {a.repeats} (medians, ms, {a.clock} clock)")
+    pinned = not a.default_malloc and pin_malloc_thresholds()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {a.repeats} (medians, ms, {a.clock} clock, "
+          f"{'fixed' if pinned else 'default'} malloc thresholds)")
     header = (f"{'model':5} {'method':22} {'captum':>9} {'ours':>9} {'floor':>9} {'captum/ours':>12} {'ours/floor':>11} "
               f"{'captum/floor':>13} {'ours-floor':>11}")
     print(header)

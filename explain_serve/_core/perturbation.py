@@ -23,12 +23,13 @@ from .errors import AttributionArgumentError
 
 def forward_tensor(forward_func: Callable, inputs, target, args) -> Tensor:
     """``run_forward`` without gradients, python scalars turned into tensors."""
-    with torch.no_grad():
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            out = run_forward(forward_func, inputs, target, args)
+    else:  # the callers' usual case: their own no_grad block (one context less per forward)
         out = run_forward(forward_func, inputs, target, args)
     forward_done()
-    if not isinstance(out, Tensor):  # pragma: no cover - run_forward already tensorizes
-        out = torch.as_tensor(out)
-    return out.detach()
+    return out.detach() if out.requires_grad else out
 
 
 _SAME_WIDTH_INT = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,

@@ -89,6 +89,14 @@ def float64_array(t: Tensor) -> np.ndarray:
     return t.numpy().astype(np.float64, copy=False)
 
 
+def solution_tensor(a: np.ndarray, like: Tensor) -> Tensor:
+    """A float64 NumPy solution as a CPU tensor of ``like``'s dtype where that is float32 or
+    float64 (cast in NumPy: a fraction of a torch cast's cost per call), else left float64."""
+    if like.dtype == torch.float32:
+        a = a.astype(np.float32)
+    return torch.from_numpy(a)
+
+
 def format_baselines(baselines: BaselineType, inputs: Tuple[Tensor, ...]) -> Tuple[Union[Tensor, int, float], ...]:
     """Baselines as a tuple matching ``inputs``; None means zeros."""
     if baselines is None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .inputs import float64_array, solve_in_numpy
+from .inputs import float64_array, solution_tensor, solve_in_numpy
 from .spd import solve_spd
 
 
@@ -367,7 +367,7 @@ def kernel_fit_folded(z: np.ndarray, y: Tensor, folded: _Folded) -> Tensor:
     CPU: nothing of the weights or pairs left to compute."""
     s, m = z.shape
     if 2 <= m <= 256 and solve_in_numpy(s, m, y.device):
-        return torch.from_numpy(_fit_folded(z, float64_array(y), folded))
+        return solution_tensor(_fit_folded(z, float64_array(y), folded), y)  # y's dtype: no cast after
     return kernel_fit(torch.from_numpy(z), y)
 
 

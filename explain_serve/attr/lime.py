@@ -31,6 +31,7 @@ from .._core.inputs import (
     format_baselines,
     format_output,
     is_tuple,
+    solution_tensor,
     solve_in_numpy,
     take_args,
     tensorize_baselines,
@@ -99,9 +100,8 @@ class InterpretableLinearModel:
         example; None where the system is too large for NumPy (``solve_in_numpy``)."""
         if not solve_in_numpy(x.shape[0], x.shape[1] + 1, y.device):
             return None
-        sol = self._solve_numpy(x, float64_array(y), w, x.shape[1])
-        return self._keep(torch.from_numpy(sol).to(y.dtype if y.is_floating_point() else torch.get_default_dtype()),
-                          x.shape[1])
+        sol = solution_tensor(self._solve_numpy(x, float64_array(y), w, x.shape[1]), y)
+        return self._keep(sol.to(y.dtype if y.is_floating_point() else torch.get_default_dtype()), x.shape[1])
 
     def _keep(self, sol: Tensor, n_feat: int) -> Tensor:
         self.coef_ = sol[..., :n_feat]

@@ -105,36 +105,38 @@ def _steps(n_feat: int) -> np.ndarray:
 
 @small_tensor_cache(lambda n_samples, n_feat: n_samples * (n_feat + 1))
 def _walk_steps(n_samples: int, n_feat: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The units (in ``_walk_keep``'s order) before and after each step of each walk, by the
-    flat index ``s * (F + 1) + k`` of step ``k`` of walk ``s`` (``(S * (F + 1),)`` each; the last
-    of each walk unused), and those flat indices of each walk's step 0 ``(S, 1)`` (cached,
-    read-only)."""
+    """``(2, S * (F + 1))``: the units (in ``_walk_keep``'s order) after and before each step of
+    each walk, by the flat index ``s * (F + 1) + k`` of step ``k`` of walk ``s`` (the last of each
+    walk unused), and ``(S, 1)`` those flat indices of each walk's step 0 (cached, read-only)."""
     rows = np.empty((n_samples, n_feat + 1), dtype=np.int64)  # walk s after k features: a unit
     rows[:, 0], rows[:, -1] = 0, 1
     rows[:, 1:-1] = np.arange(2, 2 + n_samples * (n_feat - 1)).reshape(n_samples, n_feat - 1)
     before = rows.reshape(-1)
-    after = np.append(before[1:], 0)
+    after_before = np.stack([np.append(before[1:], 0), before])
     starts = (np.arange(n_samples) * (n_feat + 1))[:, None]
-    for a in (before, after, starts):
+    for a in (after_before, starts):
         a.flags.writeable = False
-    return before, after, starts
+    return after_before, starts
 
 
-def _average_contributions(units: Tensor, pos: np.ndarray) -> Tensor:
+def _average_contributions(units: Tensor, pos: np.ndarray, per_scalar: Optional[Tuple[int, ...]] = None) -> Tensor:
     """Shapley estimates ``(F, *out)`` from the values ``(U, *out)`` of the walks' units (in the
     order of ``_walk_keep``): feature ``f``'s marginal contribution in walk ``s`` is the value
     after its step ``pos[s, f]`` less the value before, averaged over the walks (in NumPy for
-    CPU floats: a few small operations)."""
+    CPU floats: a few small operations). ``per_scalar``: the input's shape where feature ``f`` is
+    its scalar ``f``, the estimates then spread onto it (``spread_per_scalar``)."""
     n_samples, n_feat = pos.shape
-    before, after, starts = _walk_steps(n_samples, n_feat)
-    step = pos + starts
+    after_before, starts = _walk_steps(n_samples, n_feat)
+    idx = np.take(after_before, pos + starts, 1)  # (2, S, F)
     if units.device.type == "cpu" and units.dtype in (torch.float32, torch.float64):
-        v = units.numpy().reshape(units.shape[0], -1)
-        phi = (np.take(v, np.take(after, step), 0) - np.take(v, np.take(before, step), 0)).sum(0) / n_samples
+        w = np.take(units.numpy().reshape(units.shape[0], -1), idx, 0)  # (2, S, F, O)
+        phi = (w[0] - w[1]).sum(0) / n_samples  # (F, O)
+        if per_scalar is not None:  # (O, F): output element o's values at the scalars
+            return torch.from_numpy(np.ascontiguousarray(phi.T)).reshape(tuple(units.shape[1:]) + tuple(per_scalar[1:]))
         return torch.from_numpy(phi).reshape((n_feat,) + tuple(units.shape[1:]))
-    idx = torch.from_numpy(np.stack([after[step], before[step]])).to(units.device)
-    v = units[idx]  # (2, S, F, *out)
-    return (v[0] - v[1]).sum(0) / n_samples
+    w = units[torch.from_numpy(idx).to(units.device)]  # (2, S, F, *out)
+    phi = (w[0] - w[1]).sum(0) / n_samples
+    return phi if per_scalar is None else spread_per_scalar(phi, per_scalar)
 
 
 class ShapleyValueSampling(PerturbationAttribution):
@@ -191,8 +193,8 @@ class ShapleyValueSampling(PerturbationAttribution):
                     inputs, formatted if baselines is None else tensorize_baselines(formatted, inputs), masks,
                     pos, target, args, perturbations_per_eval, one_scalar_each)
                 if phi is not None:
-                    if one_scalar_each:
-                        return format_output(was_tuple, (spread_per_scalar(phi, inputs[0].shape),))
+                    if one_scalar_each:  # already spread onto the scalars
+                        return format_output(was_tuple, (phi,))
                     out_shape = phi.shape[1:]
                     attrs = tuple(values_to_inputs(phi, m, out_shape, x.shape) for x, m in zip(inputs, masks))
                     return format_output(was_tuple, attrs)
@@ -235,7 +237,9 @@ class ShapleyValueSampling(PerturbationAttribution):
                 else:
                     keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
                 pert = select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b)
-                out.append(pert.expand((n,) + tuple(x.shape)).reshape((n * x.shape[0],) + tuple(x.shape[1:])))
+                if pert.shape[1] != x.shape[0]:  # neither mask nor baseline per example
+                    pert = pert.expand((n,) + tuple(x.shape))
+                out.append(pert.reshape((n * x.shape[0],) + tuple(x.shape[1:])))
             return tuple(out)
 
         return build
@@ -278,7 +282,7 @@ class ShapleyValueSampling(PerturbationAttribution):
         outs = forward_units(self.forward_func, build(slice(0, n_units)), n_units, inputs[0].shape[0], target, args)
         if outs is None:
             return None
-        return _average_contributions(outs, pos)
+        return _average_contributions(outs, pos, inputs[0].shape if one_scalar_each else None)
 
     def _sampled(self, inputs, baselines, masks, pos, initial, target, args, per_eval):
         n_samples, n_feat = pos.shape

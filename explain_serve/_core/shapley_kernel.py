@@ -430,6 +430,24 @@ class _Folded(NamedTuple):
     rows: np.ndarray
     group: np.ndarray
     coef: np.ndarray
+    to_target: Optional[np.ndarray] = None  # (S, D): the pairs' targets as y @ to_target (cached layouts)
+
+
+# a cached layout keeps its (S, D) target map up to this many entries
+_TARGET_MAP_MAX = 1 << 16
+
+
+def _target_map(folded: _Folded) -> np.ndarray:
+    """``(S, D)``: the pairs' targets of ``_fit_folded`` are linear in ``y``. Row ``rows[i]``'s
+    residual ``y[rows[i]] - y[1] - (y[0] - y[1]) frac[rows[i]]`` (``y[0]`` the full coalition,
+    ``y[1]`` the empty one) adds ``coef[i]`` times itself to pair ``group[i]``."""
+    d = folded.rep.shape[0]
+    k = np.zeros((folded.frac.shape[0], d))
+    f = folded.frac[folded.rows]
+    np.add.at(k, (folded.rows, folded.group), folded.coef)
+    np.add.at(k, (np.zeros_like(folded.rows), folded.group), -folded.coef * f)
+    np.add.at(k, (np.ones_like(folded.rows), folded.group), -folded.coef * (1.0 - f))
+    return k
 
 
 def _fold_weights(sizes: np.ndarray, w: Optional[np.ndarray], fold: _Fold, m: int) -> _Folded:
@@ -459,7 +477,10 @@ def _layout_folded(m: int, n_samples: int, counts: Tuple[int, ...]) -> _Folded:
         dense, sparse = _sampling_plan(m, n_samples, counts)
         drawn = np.concatenate([np.repeat([s for s, _, _ in dense], [c for _, c, _ in dense]), sparse]).astype(np.int64)
         sizes = np.concatenate([sizes, np.stack([drawn, m - drawn], 1).reshape(-1)[:n_sampled]])
-    return _Folded(*(_read_only(a) for a in _fold_weights(sizes, None, _layout_fold(m, n_samples), m)))
+    folded = _Folded(*(_read_only(a) for a in _fold_weights(sizes, None, _layout_fold(m, n_samples), m)[:6]))
+    if folded.frac.shape[0] * folded.rep.shape[0] <= _TARGET_MAP_MAX:
+        folded = folded._replace(to_target=_read_only(_target_map(folded)))
+    return folded
 
 
 def _fit_arrays(z: np.ndarray, w: Optional[np.ndarray], y: np.ndarray, fold: Optional[_Fold] = None) -> np.ndarray:
@@ -484,10 +505,13 @@ def _fit_folded(z: np.ndarray, y: np.ndarray, folded: _Folded) -> np.ndarray:
     """
     m = z.shape[1]
     delta = y[:, 0:1] - y[:, 1:2]
-    resid = y[:, folded.rows] - (y[:, 1:2] + delta * folded.frac[folded.rows])  # (G, R)
-    target = np.zeros((folded.rep.shape[0], y.shape[0]))
-    np.add.at(target, folded.group, (resid * folded.coef).T)  # (D, G): the pairs' targets
-    target = target.T
+    if folded.to_target is not None:  # a cached layout: one product
+        target = y @ folded.to_target  # (G, D): the pairs' targets
+    else:
+        resid = y[:, folded.rows] - (y[:, 1:2] + delta * folded.frac[folded.rows])  # (G, R)
+        target = np.zeros((folded.rep.shape[0], y.shape[0]))
+        np.add.at(target, folded.group, (resid * folded.coef).T)  # (D, G)
+        target = target.T
     rows = z[folded.rep] - folded.frac[folded.rep, None]  # (D, M): the centred representatives
     if rows.shape[0] < m - 1:
         coef = solve_spd(rows @ rows.T, target.T)

@@ -500,11 +500,14 @@ class Lime(LimeBase):
                 coefs = self._per_sample(inputs, baselines, raw_masks, n_feat, groups, n_samples,
                                          target, args, per_eval, was_tuple)
         groups = coefs.shape[0]
-        coefs = coefs.to(test.dtype if test.is_floating_point() else torch.get_default_dtype())
+        dtype = test.dtype if test.is_floating_point() else torch.get_default_dtype()
+        if coefs.dtype != dtype:
+            coefs = coefs.to(dtype)
         if not return_input_shape:
             return coefs
         if one_scalar_each:  # feature f is scalar f
-            return format_output(was_tuple, (coefs.reshape((groups,) + tuple(inputs[0].shape[1:])),))
+            shape = (groups,) + tuple(inputs[0].shape[1:])
+            return format_output(was_tuple, (coefs if coefs.shape == shape else coefs.reshape(shape),))
         attrs = []
         for x, m in zip(inputs, masks):
             if groups == 1:
@@ -601,7 +604,10 @@ class Lime(LimeBase):
             return None, None
         test = outs[0]
         self._groups(test, bsz, per_eval)  # one scalar per example, or the error
-        return test, self._fit_lean(z, context, outs[extra:].reshape(n_samples, bsz).transpose(0, 1), weights)
+        y = outs[extra:] if extra else outs
+        if y.dim() != 2:
+            y = y.reshape(n_samples, bsz)
+        return test, self._fit_lean(z, context, y.transpose(0, 1), weights)
 
     def _fit_lean(self, z: np.ndarray, context, y: Tensor, weights: Optional[Tensor]) -> Tensor:
         """``_fit_design`` for the lean path's design ``z`` and its ``context``: one design for

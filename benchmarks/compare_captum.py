@@ -2,11 +2,14 @@
 
 For each method, on a small CNN (3x64x64) and a 20-feature MLP: median wall time of Captum, of
 explain-serve and of the *compute floor* (the same forward/backward passes done as one batch, with
-no attribution logic), runs interleaved in an order where each follows each of the others equally
-often, so that all three see the same machine state.
+no attribution logic), interleaved in an order where each follows each of the others equally
+often, so that all three see the same machine state; by default each timed call comes right after
+an untimed call of itself (``--order warm``: a server's steady state), ``--order interleaved``
+times it right after one of the other two instead (cold caches after Captum's call).
 
     python benchmarks/compare_captum.py [--repeats 15] [--only mlp|cnn] [--methods A,B] [--threads N]
-                                        [--clock wall|cpu] [--default-malloc]
+                                        [--clock wall|cpu] [--order warm|interleaved]
+                                        [--default-malloc]
 """
 from __future__ import annotations
 
@@ -105,7 +108,7 @@ def median_ms(fn: Callable[[], object]) -> float:
     return (CLOCK() - start) * 1e3
 
 
-def bench(kind: str, repeats: int, methods: Optional[List[str]] = None) -> List[Dict[str, object]]:
+def bench(kind: str, repeats: int, methods: Optional[List[str]] = None, order: str = "warm") -> List[Dict[str, object]]:
     model, x, b = cnn_model() if kind == "cnn" else mlp_model()
     rows = []
     for name, (make, kwargs, floor) in cases(kind, model, x, b).items():
@@ -124,13 +127,14 @@ def bench(kind: str, repeats: int, methods: Optional[List[str]] = None) -> List[
         for fn in (call_ours, call_theirs, floor):  # warm-up
             fn()
         t_ours, t_theirs, t_floor = [], [], []
-        # the three interleaved in the cycle Captum, ours, floor, Captum, floor, ours: each runs
-        # right after each of the other two equally often, so the call after Captum's large one
-        # (cold caches, fresh pages) is ours as often as the floor's
         theirs_run, ours_run, floor_run = (call_theirs, t_theirs), (call_ours, t_ours), (floor, t_floor)
+        # the three in the cycle Captum, ours, floor, Captum, floor, ours: each runs right after
+        # each of the other two equally often, so the machine's drift is shared alike
         cycle = [theirs_run, ours_run, floor_run, theirs_run, floor_run, ours_run]
         for i in range(repeats):
             for fn, times in cycle[3 * (i % 2):3 * (i % 2) + 3]:
+                if order == "warm":
+                    fn()  # steady state, as a server answering a stream of requests: timed after a call of itself
                 times.append(median_ms(fn))
         o, c, f = (statistics.median(v) for v in (t_ours, t_theirs, t_floor))
         rows.append({"model": kind, "method": name, "captum_ms": c, "ours_ms": o, "floor_ms": f,
@@ -143,6 +147,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--only", choices=["mlp", "cnn"])
     p.add_argument("--methods", help="comma-separated method names (default: all)")
+    p.add_argument("--order", choices=["warm", "interleaved"], default="warm",
+                   help="warm: each timed call right after an untimed call of itself (a server's steady state); "
+                        "interleaved: right after one of the other two (after Captum's, cold caches: a call "
+                        "pays ~10-40 us per distinct operation, so the floor's few operations gain most)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--default-malloc", action="store_true",
                    help="keep glibc's moving malloc thresholds (see allocator.py; rows then vary with page faults)")
@@ -155,13 +163,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         torch.set_num_threads(a.threads)
     pinned = not a.default_malloc and pin_malloc_thresholds()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {a.repeats} (medians, ms, {a.clock} clock, "
-          f"{'fixed' if pinned else 'default'} malloc thresholds)")
+          f"{a.order} order, {'fixed' if pinned else 'default'} malloc thresholds)")
     header = (f"{'model':5} {'method':22} {'captum':>9} {'ours':>9} {'floor':>9} {'captum/ours':>12} {'ours/floor':>11} "
               f"{'captum/floor':>13} {'ours-floor':>11}")
     print(header)
     print("-" * len(header))
     for kind in ([a.only] if a.only else ["mlp", "cnn"]):
-        for r in bench(kind, a.repeats, a.methods.split(",") if a.methods else None):
+        for r in bench(kind, a.repeats, a.methods.split(",") if a.methods else None, a.order):
             if "error" in r:
                 print(f"{r['model']:5} {r['method']:22} n/a: {r['error']}")
                 continue

@@ -15,6 +15,7 @@ from explain_serve._core.shapley_kernel import (
     _sum_zero_basis, constrained_fit, design_rank_bound, kernel_design, kernel_weights, size_mass,
 )
 from explain_serve.attr import KernelShap, Lime, ShapleyValues, ShapleyValueSampling
+from explain_serve._core.spd import orthonormal_rows
 from explain_serve.attr.shapley import _walk_keep, antithetic_permutations, orderings
 
 D = torch.float64
@@ -203,6 +204,23 @@ def test_constrained_fit_linear_game_is_exact_when_underdetermined_in_size():
 # --------------------------------------------------------------------------------------------
 # ShapleyValueSampling: antithetic orderings
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n, k", [(20, 13), (5, 4), (64, 63), (3, 1)])
+def test_orthonormal_rows_is_the_sign_fixed_qr(n, k):
+    """Cholesky QR against Householder QR with r's diagonal made positive: the same frame."""
+    g = torch.randn(n, k, dtype=D, generator=torch.Generator().manual_seed(n + k))
+    g -= g.mean(0)
+    qt = orthonormal_rows(g.numpy())
+    q, r = torch.linalg.qr(g)
+    torch.testing.assert_close(torch.from_numpy(qt), (q * torch.sign(r.diagonal())).T, rtol=0, atol=1e-9)
+
+
+def test_orthonormal_rows_declines_an_ill_conditioned_frame():
+    g = torch.randn(6, 3, dtype=D, generator=torch.Generator().manual_seed(0))
+    g[:, 2] = g[:, 0] + 1e-9 * g[:, 1]  # nearly dependent columns: the QR fallback's case
+    assert orthonormal_rows(g.numpy()) is None
+    assert orthonormal_rows(torch.zeros(1, 1, dtype=D).numpy()) is None  # one player: a zero direction
+
+
 def test_antithetic_permutations_pair_each_ordering_with_its_reverse():
     torch.manual_seed(0)
     p = antithetic_permutations(7, 5)

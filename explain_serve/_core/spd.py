@@ -19,11 +19,15 @@ _MIN_DIAGONAL_RATIO = 1e-6
 
 
 @lru_cache(maxsize=1)
-def _dposv() -> Callable:
-    """SciPy's ``dposv``, imported on first use (importing ``scipy.linalg`` takes ~0.4 s)."""
+def _lapack():
+    """SciPy's LAPACK wrappers, imported on first use (importing ``scipy.linalg`` takes ~0.4 s)."""
     from scipy.linalg import lapack
 
-    return lapack.dposv
+    return lapack
+
+
+def _dposv() -> Callable:
+    return _lapack().dposv
 
 
 def solve_spd(gram: np.ndarray, rhs: np.ndarray) -> Optional[np.ndarray]:
@@ -43,3 +47,23 @@ def solve_spd(gram: np.ndarray, rhs: np.ndarray) -> Optional[np.ndarray]:
     if not (diag.min(-1) > _MIN_DIAGONAL_RATIO * diag.max(-1)).all():
         return None
     return np.linalg.solve(gram, rhs)
+
+
+# Cholesky QR loses orthogonality as eps * cond(g)^2: kept to factors within 1e-3 (cond(g) < 1e3)
+_MIN_QR_DIAGONAL_RATIO = 1e-3
+
+
+def orthonormal_rows(g: np.ndarray) -> Optional[np.ndarray]:
+    """``q^T`` (k, n) of the thin QR ``g = q r`` of a float64 ``g`` (n, k) whose ``r`` has a positive
+    diagonal, by Cholesky QR: ``L`` the factor of ``g^T g``, ``q^T = L^-1 g^T`` (two LAPACK calls,
+    ~13 us, against ~28 us for a QR and the fix of its signs). None where ``g`` is not
+    well-conditioned (the factor's diagonal spread beyond 1e3): the caller's QR then."""
+    lapack = _lapack()
+    chol, info = lapack.dpotrf(g.T @ g, lower=1, clean=0)
+    if info != 0:
+        return None
+    diag = chol.diagonal().tolist()
+    if not diag or min(diag) <= _MIN_QR_DIAGONAL_RATIO * max(diag):
+        return None
+    qt, info = lapack.dtrtrs(chol, g.T, lower=1)
+    return qt if info == 0 else None

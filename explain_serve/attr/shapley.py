@@ -36,6 +36,7 @@ from .._core.targets import TargetType
 from ._base import PerturbationAttribution
 from .._core.futures import attribute_as_future
 from .._core.progress import shows_progress
+from .._core.spd import orthonormal_rows
 from .._core.perturbation import (
     check_per_eval,
     evaluate_chunks,
@@ -57,21 +58,38 @@ def orderings(n: int, n_feat: int) -> np.ndarray:
     codes): an ordering is the argsort of a unit vector in the sum-zero subspace and its reverse
     that of the opposite vector; up to ``F - 1`` pairs at a time come from orthonormal vectors of
     a uniformly random frame, which spreads the orderings more evenly than independent draws. The
-    frame is torch's (its stream, ``torch.manual_seed`` reproduces it; its QR), the ranks NumPy's:
-    a few small operations each, where the per-call cost is most of the work."""
+    Gaussians are torch's (its stream: ``torch.manual_seed`` reproduces them), the frame their
+    Cholesky QR (``orthonormal_rows``), the ranks NumPy's: a few small operations, where the
+    per-call cost of each is most of the work."""
     n_pairs, dim = (n + 1) // 2, max(n_feat - 1, 1)
     halves = []
     for start in range(0, n_pairs, dim):
-        g = torch.randn(n_feat, min(dim, n_pairs - start), dtype=torch.float64).numpy()
-        g -= g.sum(0) / n_feat
-        q, r = torch.linalg.qr(torch.from_numpy(g))  # centred Gaussian columns: an isotropic frame
+        # centred Gaussian columns: an isotropic frame of the sum-zero subspace
+        g = _centred(torch.randn(n_feat, min(dim, n_pairs - start), dtype=torch.float64).numpy())
+        directions = orthonormal_rows(g)  # (k, F)
+        if directions is None:  # ill-conditioned (a rare draw, or F = 1): Householder QR
+            q, r = torch.linalg.qr(torch.from_numpy(g))
+            directions = (q.numpy() * np.sign(r.numpy().diagonal())).T
         # the ordering of a direction: its players by value; a player's position: its rank
-        halves.append((q.numpy() * np.sign(r.numpy().diagonal())).T.argsort(-1).argsort(-1))
+        halves.append(directions.argsort(-1).argsort(-1))
     pos = np.empty((2 * n_pairs, n_feat), dtype=np.int64)
     if halves:
         pos[0::2] = halves[0] if len(halves) == 1 else np.concatenate(halves)
         np.subtract(n_feat - 1, pos[0::2], out=pos[1::2])  # the reverse ordering
     return pos[:n]
+
+
+@small_tensor_cache(lambda n: n * n)
+def _centring(n: int) -> np.ndarray:
+    """``(n, n)``: ``I - 1/n``, which subtracts the column means (cached, read-only)."""
+    c = np.eye(n) - 1.0 / n
+    c.flags.writeable = False
+    return c
+
+
+def _centred(g: np.ndarray) -> np.ndarray:
+    """``g`` less its column means (one product for up to 256 rows)."""
+    return _centring(g.shape[0]) @ g if g.shape[0] <= 256 else g - g.mean(0)
 
 
 def antithetic_permutations(n: int, n_feat: int) -> Tensor:
@@ -236,7 +254,7 @@ class ShapleyValueSampling(PerturbationAttribution):
                     keep = z.reshape((n, 1) + tuple(x.shape[1:]))
                 else:
                     keep = z[:, m.reshape(-1)].reshape((n,) + tuple(m.shape))  # (n, 1 or B, ...)
-                pert = select(keep, x.unsqueeze(0), b.unsqueeze(0) if isinstance(b, Tensor) else b)
+                pert = select(keep, x, b)  # (n, 1 or B, ...) against (B, ...): broadcast
                 if pert.shape[1] != x.shape[0]:  # neither mask nor baseline per example
                     pert = pert.expand((n,) + tuple(x.shape))
                 out.append(pert.reshape((n * x.shape[0],) + tuple(x.shape[1:])))
@@ -277,7 +295,8 @@ class ShapleyValueSampling(PerturbationAttribution):
             return None
         # one input: select's bit form, no conversion per call
         keep = torch.from_numpy(_walk_keep(pos, bit_mask_dtype(inputs[0]) if len(inputs) == 1 else torch.bool))
-        keep = keep.to(inputs[0].device)
+        if not inputs[0].is_cpu:
+            keep = keep.to(inputs[0].device)
         build = self._coalition_builder(inputs, baselines, masks, lambda sl: keep, one_scalar_each)
         outs = forward_units(self.forward_func, build(slice(0, n_units)), n_units, inputs[0].shape[0], target, args)
         if outs is None:

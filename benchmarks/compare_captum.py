@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -64,7 +64,6 @@ def repeat_rows(x: torch.Tensor, k: int) -> torch.Tensor:
 def cases(kind: str, model, x, b):
     """name -> (constructor(lib), attribute kwargs, floor callable)"""
     t = 1
-    n = x.shape[0]
     n_features = x[0].numel()
     table = {
         "Saliency": (lambda lib: lib.Saliency(model), {}, lambda: fwd_bwd(model, x, t)),
@@ -108,16 +107,16 @@ def median_ms(fn: Callable[[], object]) -> float:
     return (CLOCK() - start) * 1e3
 
 
-def bench(kind: str, repeats: int, methods: Optional[List[str]] = None, order: str = "warm") -> List[Dict[str, object]]:
+def bench(kind: str, repeats: int, methods: Optional[List[str]] = None, order: str = "warm") -> Iterator[Dict[str, object]]:
+    """The rows of one model, each as soon as it is measured."""
     model, x, b = cnn_model() if kind == "cnn" else mlp_model()
-    rows = []
     for name, (make, kwargs, floor) in cases(kind, model, x, b).items():
         if methods and name not in methods:
             continue
         try:
             ours, theirs = make(ea), make(ca)
         except (AttributeError, ImportError) as exc:
-            rows.append({"model": kind, "method": name, "error": str(exc)})
+            yield {"model": kind, "method": name, "error": str(exc)}
             continue
         # KernelShap/Lime explain one example per call in both libraries (Captum's limitation for
         # their default feature masks); others take the batch.
@@ -137,9 +136,8 @@ def bench(kind: str, repeats: int, methods: Optional[List[str]] = None, order: s
                     fn()  # steady state, as a server answering a stream of requests: timed after a call of itself
                 times.append(median_ms(fn))
         o, c, f = (statistics.median(v) for v in (t_ours, t_theirs, t_floor))
-        rows.append({"model": kind, "method": name, "captum_ms": c, "ours_ms": o, "floor_ms": f,
-                     "speedup": c / o, "ours_vs_floor": o / f, "captum_vs_floor": c / f})
-    return rows
+        yield {"model": kind, "method": name, "captum_ms": c, "ours_ms": o, "floor_ms": f,
+                     "speedup": c / o, "ours_vs_floor": o / f, "captum_vs_floor": c / f}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -157,6 +155,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time, steadier on a shared machine (use with --threads 1)")
     a = p.parse_args(argv)
+    if a.methods:
+        known = set()
+        for kind in ("mlp", "cnn"):
+            model, x, b = cnn_model() if kind == "cnn" else mlp_model()
+            known |= set(cases(kind, model, x, b))
+        unknown = sorted(set(a.methods.split(",")) - known)
+        if unknown:
+            p.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     global CLOCK
     CLOCK = time.process_time if a.clock == "cpu" else time.perf_counter
     if a.threads:
@@ -176,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             print(f"{r['model']:5} {r['method']:22} {r['captum_ms']:9.2f} {r['ours_ms']:9.2f} {r['floor_ms']:9.2f} "
                   f"{r['speedup']:11.1f}x {r['ours_vs_floor']:10.2f}x {r['captum_vs_floor']:12.1f}x "
                   f"{r['ours_ms'] - r['floor_ms']:11.2f}")
-        sys.stdout.flush()
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

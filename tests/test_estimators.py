@@ -5,7 +5,6 @@ Shapley values; estimates converge to exact values (enumerated over all coalitio
 values where the estimator is exact (antithetic orderings on a game of order 2); agreement with
 slow textbook re-implementations on the same random draws; batch == per example under a seed.
 """
-import itertools
 import math
 
 import pytest

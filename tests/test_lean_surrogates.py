@@ -154,6 +154,7 @@ def test_cached_folded_weights_equal_the_design_s_own(m, n):
         z, folded = kernel_design_folded(m, n)
         torch.manual_seed(seed)
         assert np.array_equal(z, kernel_coalitions(m, n).numpy())
+        assert folded.to_target is not None  # the cached layout's target map is what gets fitted below
         own = _fold_weights(z.sum(1), None, _fold_of(z), m)
         order = np.argsort(folded.rep)
         assert np.array_equal(folded.rep[order], np.sort(own.rep))

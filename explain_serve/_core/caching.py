@@ -7,7 +7,9 @@ instead of cached, so a cache never pins large memory.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, TypeVar
+
+A = TypeVar("A")
 
 
 def small_tensor_cache(entries: Callable[..., int], limit: int = 1 << 16, maxsize: int = 32) -> Callable:
@@ -25,3 +27,9 @@ def small_tensor_cache(entries: Callable[..., int], limit: int = 1 << 16, maxsiz
         return get
 
     return decorate
+
+
+def read_only(a: A) -> A:
+    """A cached NumPy array marked read-only (returned as it is), so that no caller modifies it."""
+    a.flags.writeable = False
+    return a

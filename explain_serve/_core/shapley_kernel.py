@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .caching import read_only
 from .inputs import float64_array, solution_tensor, solve_in_numpy
 from .spd import solve_spd
 
@@ -90,11 +91,6 @@ class _Strata(NamedTuple):
     capacity: List[int]
 
 
-def _read_only(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
-
-
 @lru_cache(maxsize=64)
 def _fixed_rows(m: int, n_samples: int) -> Tuple[np.ndarray, int, _Strata]:
     """The seed-independent parts of every design (cached, read-only): the full and the empty
@@ -103,7 +99,7 @@ def _fixed_rows(m: int, n_samples: int) -> Tuple[np.ndarray, int, _Strata]:
     ends = np.stack([np.ones(m, dtype=bool), np.zeros(m, dtype=bool)])
     whole, share = _even_allocation((n_sampled + 1) // 2, strata, m, capacity)
     sampled = _Strata(strata.tolist(), whole.tolist(), [0.0] + share.cumsum(0).tolist(), capacity)
-    return _read_only(np.concatenate([ends, enumerated.numpy()])), n_sampled, sampled
+    return read_only(np.concatenate([ends, enumerated.numpy()])), n_sampled, sampled
 
 
 def _even_allocation(n_pairs: int, strata: Tensor, m: int, pairs: List[int]) -> Tuple[Tensor, Tensor]:
@@ -130,13 +126,13 @@ def _even_allocation(n_pairs: int, strata: Tensor, m: int, pairs: List[int]) -> 
 @lru_cache(maxsize=16)
 def _bit_values(m: int) -> np.ndarray:
     """``2^i`` per feature (cached, read-only): a coalition of up to 62 features as one integer."""
-    return _read_only(2 ** np.arange(m, dtype=np.int64))
+    return read_only(2 ** np.arange(m, dtype=np.int64))
 
 
 @lru_cache(maxsize=64)
 def _size_mass_array(m: int) -> np.ndarray:
     """``size_mass`` as a NumPy array (cached, read-only)."""
-    return _read_only(size_mass(m).numpy().copy())
+    return read_only(size_mass(m).numpy().copy())
 
 
 def kernel_weights(z: Tensor) -> Tensor:
@@ -171,7 +167,7 @@ def _sampling_plan(m: int, n_samples: int, counts: Tuple[int, ...]) -> Tuple[Lis
     dense = [(s, c, c_all) for s, c, c_all in zip(strata.sizes, counts, strata.capacity) if c * 8 > c_all]
     sparse = [(s, c) for s, c, c_all in zip(strata.sizes, counts, strata.capacity) if 0 < c * 8 <= c_all]
     sizes = np.array([s for s, c in sparse for _ in range(c)], dtype=np.int64)
-    return dense, _read_only(sizes)
+    return dense, read_only(sizes)
 
 
 @lru_cache(maxsize=32)
@@ -181,7 +177,7 @@ def _stratum_pairs(m: int, s: int) -> np.ndarray:
     middle = 2 * s == m
     subsets = torch.combinations(torch.arange(int(middle), m), s) if s > 1 else torch.arange(
         int(middle), m).reshape(-1, 1)
-    return _read_only(torch.zeros(subsets.shape[0], m, dtype=torch.bool).scatter_(1, subsets, True).numpy())
+    return read_only(torch.zeros(subsets.shape[0], m, dtype=torch.bool).scatter_(1, subsets, True).numpy())
 
 
 def _uniform_subsets(sizes: np.ndarray, m: int, generator: Optional[torch.Generator],
@@ -374,7 +370,7 @@ def kernel_fit_folded(z: np.ndarray, y: Tensor, folded: _Folded) -> Tensor:
 @lru_cache(maxsize=16)
 def _sum_zero_basis_array(m: int) -> np.ndarray:
     """``_sum_zero_basis`` as a NumPy array (cached: read-only, never handed out)."""
-    return _read_only(_sum_zero_basis(m).numpy().copy())
+    return read_only(_sum_zero_basis(m).numpy().copy())
 
 
 class _Fold(NamedTuple):
@@ -389,7 +385,7 @@ class _Fold(NamedTuple):
 
 
 def _as_fold(*arrays: np.ndarray) -> _Fold:
-    return _Fold(*(_read_only(a) for a in arrays))
+    return _Fold(*(read_only(a) for a in arrays))
 
 
 def _fold_of(z: np.ndarray) -> _Fold:
@@ -477,9 +473,9 @@ def _layout_folded(m: int, n_samples: int, counts: Tuple[int, ...]) -> _Folded:
         dense, sparse = _sampling_plan(m, n_samples, counts)
         drawn = np.concatenate([np.repeat([s for s, _, _ in dense], [c for _, c, _ in dense]), sparse]).astype(np.int64)
         sizes = np.concatenate([sizes, np.stack([drawn, m - drawn], 1).reshape(-1)[:n_sampled]])
-    folded = _Folded(*(_read_only(a) for a in _fold_weights(sizes, None, _layout_fold(m, n_samples), m)[:6]))
+    folded = _Folded(*(read_only(a) for a in _fold_weights(sizes, None, _layout_fold(m, n_samples), m)[:6]))
     if folded.frac.shape[0] * folded.rep.shape[0] <= _TARGET_MAP_MAX:
-        folded = folded._replace(to_target=_read_only(_target_map(folded)))
+        folded = folded._replace(to_target=read_only(_target_map(folded)))
     return folded
 
 

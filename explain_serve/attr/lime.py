@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._core.caching import read_only
 from .._core.inputs import (
     as_tuple,
     float64_array,
@@ -173,8 +174,7 @@ def _ridge(n_feat: int, size: int, alpha: float) -> np.ndarray:
     penalised): added to the normal equations (cached, read-only)."""
     pen = np.zeros((size, size))
     pen[range(n_feat), range(n_feat)] = alpha
-    pen.flags.writeable = False
-    return pen
+    return read_only(pen)
 
 
 # --------------------------------------------------------------------------------------------

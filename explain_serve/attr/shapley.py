@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._core.caching import small_tensor_cache
+from .._core.caching import read_only, small_tensor_cache
 from .._core.inputs import as_tuple, format_args, format_baselines, format_output, is_tuple, tensorize_baselines
 from .._core.targets import TargetType
 from ._base import PerturbationAttribution
@@ -82,9 +82,7 @@ def orderings(n: int, n_feat: int) -> np.ndarray:
 @small_tensor_cache(lambda n: n * n)
 def _centring(n: int) -> np.ndarray:
     """``(n, n)``: ``I - 1/n``, which subtracts the column means (cached, read-only)."""
-    c = np.eye(n) - 1.0 / n
-    c.flags.writeable = False
-    return c
+    return read_only(np.eye(n) - 1.0 / n)
 
 
 def _centred(g: np.ndarray) -> np.ndarray:
@@ -116,9 +114,7 @@ def _walk_keep(pos: np.ndarray, dtype: torch.dtype = torch.bool) -> np.ndarray:
 @small_tensor_cache(lambda n_feat: n_feat)
 def _steps(n_feat: int) -> np.ndarray:
     """``(F - 1, 1)``: the inner steps of a walk (cached, read-only)."""
-    steps = np.arange(n_feat - 1)[:, None]
-    steps.flags.writeable = False
-    return steps
+    return read_only(np.arange(n_feat - 1)[:, None])
 
 
 @small_tensor_cache(lambda n_samples, n_feat: n_samples * (n_feat + 1))
@@ -131,10 +127,7 @@ def _walk_steps(n_samples: int, n_feat: int) -> Tuple[np.ndarray, np.ndarray]:
     rows[:, 1:-1] = np.arange(2, 2 + n_samples * (n_feat - 1)).reshape(n_samples, n_feat - 1)
     before = rows.reshape(-1)
     after_before = np.stack([np.append(before[1:], 0), before])
-    starts = (np.arange(n_samples) * (n_feat + 1))[:, None]
-    for a in (after_before, starts):
-        a.flags.writeable = False
-    return after_before, starts
+    return read_only(after_before), read_only((np.arange(n_samples) * (n_feat + 1))[:, None])
 
 
 def _average_contributions(units: Tensor, pos: np.ndarray, per_scalar: Optional[Tuple[int, ...]] = None) -> Tensor:
